@@ -1,0 +1,75 @@
+"""
+Calling the vendor's backend.
+
+Every callback may return a plain value or a Deferred.  L{BackendCaller} gives each call
+a time limit, logs an exception, a failed Deferred or a time-out with the callback's name
+and the object it was about, counts the outcome, and hands the caller a result that never
+fails: C{(True, value)} or C{(False, None)}.  A misbehaving backend therefore never stops
+the shim nor corrupts its model.
+"""
+
+from twisted.internet.defer import CancelledError, TimeoutError, maybeDeferred
+from twisted.logger import Logger
+
+OK = "ok"
+REJECTED = "rejected"
+ERROR = "error"
+TIMEOUT = "timeout"
+
+
+class BackendCaller:
+    """
+    Calls one backend's callbacks with a per-call time limit.
+    """
+
+    log = Logger()
+
+    def __init__(self, backend, timeout, clock, metrics):
+        self.backend = backend
+        self.timeout = timeout
+        self._clock = clock
+        self._metrics = metrics
+
+    def call(self, callback, about, *args):
+        """
+        Call C{backend.<callback>(*args)}.
+
+        @param about: what the call is about, for the log (e.g. C{"port <uuid>"}).
+        @return: a Deferred firing with C{(True, value)}, or C{(False, None)} when the
+            callback raised, failed or did not answer within the time limit.
+        """
+        started = self._clock.seconds()
+        d = maybeDeferred(getattr(self.backend, callback), *args)
+        if not d.called:
+            d.addTimeout(self.timeout, self._clock)
+        d.addCallbacks(
+            self._succeeded, self._failed,
+            callbackArgs=(callback, started), errbackArgs=(callback, about, started),
+        )
+        return d
+
+    def _succeeded(self, value, callback, started):
+        # An empty answer to bind_port is the backend refusing the port.
+        outcome = REJECTED if callback == "bind_port" and not value else OK
+        self._record(callback, outcome, started)
+        return (True, value)
+
+    def _failed(self, failure, callback, about, started):
+        if failure.check(TimeoutError, CancelledError):
+            self._record(callback, TIMEOUT, started)
+            self.log.error(
+                "backend {callback} for {about} did not answer within {timeout}s",
+                callback=callback, about=about, timeout=self.timeout,
+            )
+        else:
+            self._record(callback, ERROR, started)
+            self.log.failure(
+                "backend {callback} for {about} failed", failure,
+                callback=callback, about=about,
+            )
+        return (False, None)
+
+    def _record(self, callback, outcome, started):
+        m = self._metrics
+        m.child(m.callbacks, callback, outcome).inc()
+        m.child(m.callback_latency, callback).observe(self._clock.seconds() - started)

@@ -1,0 +1,667 @@
+"""
+The shim daemon: the model kept in step with etcd, and the backend called on its changes.
+
+L{ShimService} reads everything under C{/proton/} (and the bind results under
+C{/controller/}) at one revision, builds the model, and watches C{/proton/} from the next
+revision.  Each event is checked and decoded at once and then applied on its object's
+queue (L{shim.serial.SerialQueues}): the model changes there, the port state machine
+(L{shim.portstate}) decides, and the backend is called, so that everything about one port
+happens in event order while different ports proceed concurrently.
+
+When the watch ends it is resumed from the last revision seen.  When that revision has
+been compacted away, when etcd's cluster id changes, and periodically, the service reads
+everything again and turns the differences from its model into the same calls the missed
+events would have caused.
+"""
+
+import json
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+
+from shim import keys, portstate
+from shim.backoff import Backoff
+from shim.calls import BackendCaller
+from shim.etcd import EtcdClient
+from shim.metrics import Metrics
+from shim.model import BadValue, Changes, Model, Port, decode
+from shim.portstate import BIND, BOUND, UNBOUND
+from shim.results import ResultWriter, result_controller
+from shim.serial import SerialQueues
+
+PUT = "PUT"
+DELETE = "DELETE"
+
+#: Seconds that stopping waits for running callbacks and result writes.
+STOP_TIMEOUT = 10.0
+
+
+class ShimService(Service):
+    """
+    Keeps the model of the net-l3vpn objects in etcd and drives the backend from it.
+
+    @ivar model: the L{Model}.
+    @ivar revision: the last etcd revision seen (events and progress notifications).
+    @ivar ready: C{True} after the first synchronisation and while the watch is live.
+    @ivar not_ready_reason: why the service is not ready, when it is not.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, backend, reactor=None, client=None, metrics=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.reactor = reactor
+        self.model = Model()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.watch_model(self.model)
+        self.client = client if client is not None else _client_for(config, reactor)
+        self.backend = BackendCaller(
+            backend, config.backend_timeout, reactor, self.metrics
+        )
+        self.results = ResultWriter(
+            self.client, config.controller_name, reactor, self.metrics
+        )
+        self.queues = SerialQueues()
+        self.revision = 0
+        self.ready = False
+        self.not_ready_reason = "not started"
+        self.cluster_id = None
+        self._synchronised = False
+        self._watch = None
+        self._sleep = None
+        self._loop = None
+        self._resync_cause = None
+        self._periodic = None
+        self._ready_waiters = []
+        self._other_apis = set()
+        self._restored = {}
+        self._handlers = {
+            keys.PORT: self._port_changed,
+            keys.VPN_PORT: self._vpn_port_changed,
+            keys.VPN_INSTANCE: self._vpn_instance_changed,
+            keys.VPN_AFCONFIG: self._afconfig_changed,
+        }
+
+    # -- life cycle
+
+    def startService(self):
+        Service.startService(self)
+        self.log.info(
+            "shim {controller} starting: hosts {hosts}, etcd {endpoints}, backend "
+            "{backend}",
+            controller=self.config.controller_name,
+            hosts=", ".join(self.config.host_list) or "*",
+            endpoints=", ".join(self.config.etcd_endpoints),
+            backend=self.config.backend,
+        )
+        self._loop = self._run()
+        if self.config.resync_interval > 0:
+            self._periodic = LoopingCall(self.request_resync, "periodic")
+            self._periodic.clock = self.reactor
+            self._periodic.start(self.config.resync_interval, now=False)
+
+    @inlineCallbacks
+    def stopService(self):
+        Service.stopService(self)
+        self._set_not_ready("stopping")
+        if self._periodic is not None and self._periodic.running:
+            self._periodic.stop()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._sleep is not None:
+            self._sleep.cancel()
+        if self._loop is not None:
+            yield self._loop
+        # Let running callbacks and result writes finish, within limits.
+        settled = DeferredList([self.queues.idle(), self.results.idle()])
+        settled.addTimeout(STOP_TIMEOUT, self.reactor)
+        try:
+            yield settled
+        except Exception:
+            self.log.warn(
+                "stopping without waiting longer: {keys} objects still have callbacks "
+                "running, {writes} bind results are unwritten",
+                keys=len(self.queues), writes=len(self.results.pending),
+            )
+        self.results.stop()
+        yield self.client.close()
+        self.log.info("shim stopped at revision {revision}", revision=self.revision)
+
+    def when_ready(self):
+        """
+        A Deferred that fires when the service is ready (at once if it is).
+        """
+        d = Deferred()
+        if self.ready:
+            d.callback(self)
+        else:
+            self._ready_waiters.append(d)
+        return d
+
+    def request_resync(self, cause):
+        """
+        Read everything from etcd again and repair any difference from the model.
+        """
+        self._resync_cause = cause
+        if self._watch is not None:
+            self._watch.stop()
+
+    # -- following etcd
+
+    @inlineCallbacks
+    def _run(self):
+        backoff = Backoff(initial=0.2, maximum=10.0)
+        cause = "start"
+        while self.running:
+            if cause is None and self._resync_cause is not None:
+                cause, self._resync_cause = self._resync_cause, None
+            try:
+                if cause is not None:
+                    yield self._synchronise(cause)
+                    cause = None
+                ended = yield self._follow()
+            except Exception as e:
+                if not self.running:
+                    break
+                delay = backoff.next_delay()
+                self._set_not_ready("etcd unavailable: %s" % (e,))
+                self.log.warn(
+                    "etcd unavailable ({error}); retrying in {delay:.1f}s",
+                    error=e, delay=delay,
+                )
+                yield self._pause(delay)
+                continue
+            backoff.reset()
+            if not self.running:
+                break
+            if self._resync_cause is not None:
+                continue
+            if ended.reason == "compacted":
+                self.log.warn(
+                    "the watch fell behind etcd's compaction at revision {compacted}",
+                    compacted=ended.compact_revision,
+                )
+                cause = "compacted"
+            elif self.client.cluster_id not in (None, self.cluster_id):
+                self.log.warn(
+                    "etcd's cluster id changed from {old} to {new}",
+                    old=self.cluster_id, new=self.client.cluster_id,
+                )
+                cause = "cluster_changed"
+            else:
+                delay = backoff.next_delay()
+                self.log.warn(
+                    "the watch ended ({reason}: {error}); resuming from revision "
+                    "{revision} in {delay:.1f}s",
+                    reason=ended.reason, error=ended.error, revision=self.revision + 1,
+                    delay=delay,
+                )
+                yield self._pause(delay)
+
+    def _pause(self, delay):
+        self._sleep = deferLater(self.reactor, delay, lambda: None)
+        self._sleep.addErrback(lambda _: None)
+        self._sleep.addBoth(self._woke)
+        return self._sleep
+
+    def _woke(self, _):
+        self._sleep = None
+
+    def _follow(self):
+        """
+        Watch C{/proton/} from the revision after the last one seen, until the watch ends.
+
+        @return: a Deferred firing with the watch's L{WatchEnded}.
+        """
+        watch = self.client.watch(
+            keys.PROTON_PREFIX,
+            self.revision + 1,
+            self._on_watch_event,
+            prefix=True,
+            prev_kv=False,
+            progress_notify=True,
+            idle_timeout=self.config.watch_idle_timeout or None,
+            on_progress=self._on_progress,
+        )
+        self._watch = watch
+        watch.started.addCallbacks(self._watching, lambda _: None)
+        return watch.done.addBoth(self._watch_ended)
+
+    def _watching(self, _):
+        if self.client.cluster_id not in (None, self.cluster_id):
+            self.log.warn(
+                "etcd's cluster id changed from {old} to {new}",
+                old=self.cluster_id, new=self.client.cluster_id,
+            )
+            self.request_resync("cluster_changed")
+            return
+        self._set_ready()
+
+    def _watch_ended(self, ended):
+        self._watch = None
+        self._set_not_ready("watch ended: %s" % (ended.reason,))
+        self.metrics.child(self.metrics.reconnects, ended.reason).inc()
+        return ended
+
+    def _on_watch_event(self, event):
+        self.revision = event.mod_revision
+        self.apply(event.type, event.key, event.value, event.mod_revision)
+
+    def _on_progress(self, revision):
+        if revision > self.revision:
+            self.revision = revision
+            self.metrics.revision.set(revision)
+
+    @inlineCallbacks
+    def _synchronise(self, cause):
+        """
+        Read C{/proton/} and the bind results at one revision and bring the model to it.
+        """
+        first = not self._synchronised
+        started = self.reactor.seconds()
+        self._set_not_ready("synchronising (%s)" % (cause,))
+        status = yield self.client.status()
+        proton = yield self.client.get_all(keys.PROTON_PREFIX)
+        results = yield self.client.get_all(
+            keys.RESULT_PREFIX, revision=proton.revision
+        )
+        if self.cluster_id is not None and status.cluster_id != self.cluster_id:
+            # A restored cluster may number its revisions differently: compare values.
+            for table in keys.TABLES:
+                for obj in self.model.table(table).values():
+                    obj.revision = 0
+        self.cluster_id = status.cluster_id
+        self._restored = {}
+        self.metrics.child(self.metrics.resyncs, cause).inc()
+        ours = self._our_results(results.kvs)
+        if first:
+            self._restore_bindings(proton.kvs, ours)
+        else:
+            self._repair_results(ours)
+        self._reconcile(proton.kvs, proton.revision)
+        self.revision = proton.revision
+        self.metrics.revision.set(proton.revision)
+        self._synchronised = True
+        self.log.info(
+            "synchronised ({cause}): {objects} objects at revision {revision} in "
+            "{elapsed:.2f}s, etcd {version}",
+            cause=cause, objects=len(proton.kvs), revision=proton.revision,
+            elapsed=self.reactor.seconds() - started, version=status.version,
+        )
+
+    def _our_results(self, kvs):
+        """
+        The bind results that name this controller, by port uuid.
+        """
+        ours = {}
+        for kv in kvs:
+            uuid = keys.result_uuid(kv.key)
+            if uuid is not None and result_controller(kv.value) == self.config.controller_name:
+                ours[uuid] = kv.value
+        return ours
+
+    def _restore_bindings(self, kvs, ours):
+        """
+        At start-up, remember the ports that have a bind result of ours: they come back
+        Bound, without a new C{bind_port}, when their row is applied.  Remove our results
+        of ports that no longer exist.
+        """
+        present = set()
+        for kv in kvs:
+            try:
+                table, uuid = keys.parse_proton_key(kv.key)
+            except ValueError:
+                continue
+            if table == keys.PORT:
+                present.add(uuid)
+        self._restored = {u: v for u, v in ours.items() if u in present}
+        for uuid in ours:
+            if uuid not in present:
+                self.log.info(
+                    "port {uuid} was deleted while the shim was away; removing its "
+                    "bind result", uuid=uuid,
+                )
+                self.queues.submit(uuid, self._forget_departed, uuid)
+
+    def _forget_departed(self, uuid):
+        self.results.remove(uuid)
+        return self.backend.call(
+            "delete_port", "port %s" % (uuid,), uuid, self.model, Port(id=uuid)
+        )
+
+    def _repair_results(self, ours):
+        """
+        Write again the bind results of Bound ports that went missing from etcd.
+        """
+        for uuid, port in self.model.ports.items():
+            if port.binding == BOUND and uuid not in ours:
+                self.log.warn(
+                    "the bind result of port {uuid} is missing from etcd; writing it "
+                    "again", uuid=uuid,
+                )
+                self.results.publish(uuid, _result_of(port))
+
+    def _reconcile(self, kvs, revision):
+        """
+        Turn the differences between the model and a snapshot of C{/proton/} taken at
+        C{revision} into the events that would have caused them: a PUT for each object
+        that is new or changed, a DELETE for each one that is gone.
+        """
+        by_table = {table: [] for table in keys.TABLES}
+        present = {table: set() for table in keys.TABLES}
+        for kv in kvs:
+            try:
+                table, name = keys.parse_proton_key(kv.key)
+            except ValueError:
+                self.apply(PUT, kv.key, kv.value, kv.mod_revision)
+                continue
+            present[table].add(name)
+            by_table[table].append((name, kv))
+        for table in keys.TABLES:
+            objects = self.model.table(table)
+            for name, kv in by_table[table]:
+                known = objects.get(name)
+                if known is None or known.revision != kv.mod_revision:
+                    self.apply(PUT, kv.key, kv.value, kv.mod_revision)
+        for table in reversed(keys.TABLES):
+            gone = [n for n in self.model.table(table) if n not in present[table]]
+            for name in gone:
+                self.apply(DELETE, keys.proton_key(table, name), None, revision)
+
+    # -- applying events
+
+    def apply(self, kind, key, value, revision):
+        """
+        Check and decode one change of a key under C{/proton/} and queue it on its
+        object.  A bad key or value is logged with the key, counted and skipped.
+        """
+        try:
+            table, name = keys.parse_proton_key(key)
+        except keys.OtherAPI as e:
+            self._other_api(e)
+            return
+        except keys.BadKey as e:
+            self._bad_input("bad_key", key, revision, e)
+            return
+        if kind == DELETE:
+            obj = None
+        else:
+            try:
+                obj = decode(table, value, revision)
+            except BadValue as e:
+                self._bad_input("bad_value", key, revision, e)
+                return
+        self.metrics.child(self.metrics.events, table, kind).inc()
+        if table == keys.PORT or table == keys.VPN_PORT:
+            queue = name
+        else:
+            queue = (table, name)
+        self.queues.submit(queue, self._handlers[table], name, obj, revision)
+
+    def _bad_input(self, reason, key, revision, error):
+        self.metrics.child(self.metrics.bad_values, reason).inc()
+        self.log.warn(
+            "skipping {key} at revision {revision}: {error}",
+            key=key, revision=revision, error=error,
+        )
+
+    def _other_api(self, error):
+        self.metrics.child(self.metrics.bad_values, "other_api").inc()
+        if (error.api, error.table) not in self._other_apis:
+            self._other_apis.add((error.api, error.table))
+            self.log.info(
+                "ignoring objects of {api}/{table}: not handled by this shim",
+                api=error.api, table=error.table,
+            )
+
+    def _store(self, table, name, obj, revision):
+        """
+        Apply a change to the model unless it is older than what the model has.
+
+        @return: C{(applied, previous object)}.
+        """
+        prev = self.model.get(table, name)
+        if obj is None:
+            if prev is None or prev.revision > revision:
+                return False, prev
+            self.model.remove(table, name)
+            return True, prev
+        if prev is not None and prev.revision >= revision and prev.revision:
+            return False, prev
+        self.model.put(table, name, obj)
+        return True, prev
+
+    def _port_changed(self, uuid, port, revision):
+        applied, prev = self._store(keys.PORT, uuid, port, revision)
+        if not applied:
+            return None
+        state = prev.binding if prev is not None else UNBOUND
+        if prev is None and self._restored and uuid in self._restored:
+            # Bound by us before a restart: Bound again, as it was.
+            state = BOUND
+            _merge_result(port, self._restored.pop(uuid))
+            prev = port
+        elif state == BOUND and port is not None:
+            _keep_result(port, prev)
+        transition = portstate.on_port_event(
+            state, prev, port, self.config.is_our_host
+        )
+        if port is not None:
+            port.binding = transition.state
+            if state == BOUND and transition.state != BOUND:
+                port["vif_type"] = port["vif_details"] = None
+        if not transition.effects:
+            return None
+        return self._carry_out(
+            uuid, state, transition, prev, port, Changes.between(prev, port)
+        )
+
+    def _vpn_port_changed(self, uuid, binding, revision):
+        applied, prev = self._store(keys.VPN_PORT, uuid, binding, revision)
+        if not applied:
+            return None
+        port = self.model.ports.get(uuid)
+        if port is None:
+            return None
+        if port.binding == BOUND:
+            if binding is None:
+                return self.backend.call(
+                    "delete_service_binding", "port %s" % (uuid,), self.model, prev
+                )
+            return self.backend.call(
+                "modify_service_binding", "port %s" % (uuid,), uuid, self.model,
+                prev if prev is not None else {},
+            )
+        if binding is not None:
+            return self._retry_bind(uuid)
+        return None
+
+    def _vpn_instance_changed(self, vpn, service, revision):
+        applied, prev = self._store(keys.VPN_INSTANCE, vpn, service, revision)
+        if not applied:
+            return None
+        if service is None:
+            if self._used_by_bound_port(vpn):
+                return self.backend.call(
+                    "delete_service", "VPN %s" % (vpn,), vpn, self.model, prev
+                )
+            return None
+        return self._service_touched(vpn, Changes.between(prev, service))
+
+    def _afconfig_changed(self, name, afconfig, revision):
+        applied, prev = self._store(keys.VPN_AFCONFIG, name, afconfig, revision)
+        if not applied:
+            return None
+        changes = Changes.between(prev, afconfig)
+        for vpn in self.model.vpns_listing_afconfig(name):
+            self.queues.submit(
+                (keys.VPN_INSTANCE, vpn), self._service_touched, vpn, changes
+            )
+        return None
+
+    def _service_touched(self, vpn, changes):
+        """
+        A VPN or one of its route targets changed: tell the backend if a port bound by us
+        uses the VPN, and bind again the ports using it whose bind was refused.
+        """
+        for uuid in self.model.ports_using_vpn(vpn):
+            self.queues.submit(uuid, self._retry_bind, uuid)
+        if vpn in self.model.vpn_instances and self._used_by_bound_port(vpn):
+            return self.backend.call(
+                "modify_service", "VPN %s" % (vpn,), vpn, self.model, changes
+            )
+        return None
+
+    def _used_by_bound_port(self, vpn):
+        ports = self.model.ports
+        for uuid in self.model.ports_using_vpn(vpn):
+            port = ports.get(uuid)
+            if port is not None and port.binding == BOUND:
+                return True
+        return False
+
+    def _retry_bind(self, uuid):
+        port = self.model.ports.get(uuid)
+        if port is None:
+            return None
+        transition = portstate.on_retry(port.binding, port, self.config.is_our_host)
+        if not transition.effects:
+            return None
+        self.log.info("binding port {uuid} again", uuid=uuid)
+        return self._carry_out(
+            uuid, port.binding, transition, port, port, Changes.between(None, port)
+        )
+
+    # -- carrying out transitions
+
+    @inlineCallbacks
+    def _carry_out(self, uuid, prior, transition, prev, port, changes):
+        """
+        Carry out a transition's effects in order, waiting for each backend call.
+        """
+        about = "port %s" % (uuid,)
+        model = self.model
+        for effect in transition.effects:
+            if effect == BIND:
+                yield self._bind(uuid, prior, changes)
+            elif effect == portstate.UNBIND:
+                yield self.backend.call("unbind_port", about, uuid, model, changes)
+            elif effect == portstate.MODIFY:
+                yield self.backend.call("modify_port", about, uuid, model, changes)
+            elif effect == portstate.DELETE:
+                yield self.backend.call("delete_port", about, uuid, model, prev)
+            elif effect == portstate.CLEAR_RESULT:
+                self.results.clear(uuid)
+            elif effect == portstate.DELETE_RESULT:
+                self.results.remove(uuid)
+
+    @inlineCallbacks
+    def _bind(self, uuid, prior, changes):
+        seen = self.reactor.seconds()
+        ok, result = yield self.backend.call(
+            "bind_port", "port %s" % (uuid,), uuid, self.model, changes
+        )
+        if ok and result and not isinstance(result, dict):
+            self.log.error(
+                "backend bind_port for port {uuid} returned {result!r}, not a dict; "
+                "leaving the port unbound", uuid=uuid, result=result,
+            )
+            ok = False
+        accepted = bool(ok and result)
+        if ok and not result:
+            self.log.info(
+                "backend rejected the bind of port {uuid}; it is bound again when its "
+                "VPN binding, VPN or route targets change", uuid=uuid,
+            )
+        outcome = portstate.on_bind_outcome(prior, accepted)
+        port = self.model.ports.get(uuid)
+        if port is not None:
+            port.binding = outcome.state
+            if accepted:
+                port["vif_type"] = result.get("vif_type")
+                port["vif_details"] = json.dumps(result.get("vif_details"))
+        for effect in outcome.effects:
+            if effect == portstate.WRITE_RESULT:
+                self.results.publish(
+                    uuid, result, on_written=lambda: self._bound(uuid, seen)
+                )
+            elif effect == portstate.CLEAR_RESULT:
+                self.results.clear(uuid)
+
+    def _bound(self, uuid, seen):
+        elapsed = self.reactor.seconds() - seen
+        self.metrics.bind_latency.observe(elapsed)
+        self.log.info(
+            "port {uuid} bound; result written {ms:.1f} ms after the request",
+            uuid=uuid, ms=elapsed * 1000,
+        )
+
+    # -- readiness
+
+    def _set_ready(self):
+        if not self.ready:
+            self.ready = True
+            self.not_ready_reason = None
+            self.metrics.ready.set(1)
+            self.log.info(
+                "shim ready: {objects} objects, watching from revision {revision}",
+                objects=sum(self.model.counts().values()), revision=self.revision + 1,
+            )
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for d in waiters:
+                d.callback(self)
+
+    def _set_not_ready(self, reason):
+        self.ready = False
+        self.not_ready_reason = reason
+        self.metrics.ready.set(0)
+
+
+def _merge_result(port, value):
+    """
+    Merge the C{vif_type} and C{vif_details} of a bind result's raw value into a port.
+    """
+    result = json.loads(value)
+    port["vif_type"] = result.get("vif_type")
+    port["vif_details"] = json.dumps(result.get("vif_details"))
+
+
+def _keep_result(port, prev):
+    """
+    Carry the vif attributes of a Bound port's result over to its new attributes, unless
+    the update sets them itself.
+    """
+    if prev is None:
+        return
+    for name in ("vif_type", "vif_details"):
+        if not port.get(name) and prev.get(name):
+            port[name] = prev[name]
+
+
+def _result_of(port):
+    """
+    The bind result a Bound port was given, from its merged vif attributes.
+    """
+    details = port.get("vif_details")
+    try:
+        details = json.loads(details) if isinstance(details, str) else details
+    except ValueError:
+        pass
+    return {"vif_type": port.get("vif_type"), "vif_details": details}
+
+
+def _client_for(config, reactor):
+    return EtcdClient(
+        endpoints=list(config.etcd_endpoints),
+        timeout=config.etcd_timeout,
+        username=config.username,
+        password=config.password,
+        ca_file=config.ca_file,
+        cert_file=config.cert_file,
+        key_file=config.key_file,
+        reactor=reactor,
+    )

@@ -1,0 +1,184 @@
+"""
+Helpers for tests that run the shim service against a real etcd.
+"""
+
+import json
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.task import deferLater
+from zope.interface import implementer
+
+from shim import keys
+from shim.config import load_config
+from shim.interfaces import IBackend
+from shim.service import ShimService
+
+CALLBACKS = (
+    "bind_port",
+    "unbind_port",
+    "modify_port",
+    "delete_port",
+    "modify_service",
+    "delete_service",
+    "modify_service_binding",
+    "delete_service_binding",
+)
+
+VIF = {"vif_type": "ovs", "vif_details": {"port_filter": False, "bridge_name": "br-gluon"}}
+
+
+@implementer(IBackend)
+class RecordingBackend:
+    """
+    A backend that records every call as C{(callback, key)}, where C{key} is the uuid
+    the call is about, and answers C{bind_port} with L{VIF} unless told otherwise.
+
+    @ivar answers: callback name to a callable taking the call's arguments and
+        returning the answer (a value or a Deferred), or raising.
+    """
+
+    def __init__(self, options=None):
+        self.options = options or {}
+        self.calls = []
+        self.arguments = []
+        self.answers = {}
+
+    def _record(self, callback, key, *args):
+        self.calls.append((callback, key))
+        self.arguments.append((callback, args))
+        answer = self.answers.get(callback)
+        if answer is not None:
+            return answer(*args)
+        if callback == "bind_port":
+            return dict(VIF)
+        return None
+
+    def bind_port(self, uuid, model, changes):
+        return self._record("bind_port", uuid, uuid, model, changes)
+
+    def unbind_port(self, uuid, model, changes):
+        return self._record("unbind_port", uuid, uuid, model, changes)
+
+    def modify_port(self, uuid, model, changes):
+        return self._record("modify_port", uuid, uuid, model, changes)
+
+    def delete_port(self, uuid, model, port):
+        return self._record("delete_port", uuid, uuid, model, port)
+
+    def modify_service(self, uuid, model, changes):
+        return self._record("modify_service", uuid, uuid, model, changes)
+
+    def delete_service(self, uuid, model, service):
+        return self._record("delete_service", uuid, uuid, model, service)
+
+    def modify_service_binding(self, uuid, model, prev_binding):
+        return self._record("modify_service_binding", uuid, uuid, model, prev_binding)
+
+    def delete_service_binding(self, model, prev_binding):
+        return self._record(
+            "delete_service_binding", prev_binding.get("id"), model, prev_binding
+        )
+
+    def called(self, callback, key=None):
+        """
+        The number of calls of C{callback} (about C{key}, when given).
+        """
+        return sum(
+            1 for c, k in self.calls if c == callback and (key is None or k == key)
+        )
+
+
+def write_config(directory, endpoints, controller="SimServer", hosts="compute1, compute2",
+                 backend="dummy", extra=""):
+    """
+    Write a shim.conf into C{directory} and return its path.
+    """
+    path = os.path.join(directory, "shim-%s.conf" % (controller,))
+    with open(path, "w") as f:
+        f.write(
+            "[shim]\n"
+            "controller_name = %s\n"
+            "host_list = %s\n"
+            "etcd_endpoints = %s\n"
+            "backend = %s\n"
+            "%s\n" % (controller, hosts, ", ".join(endpoints), backend, extra)
+        )
+    return path
+
+
+def sleep(seconds):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+@inlineCallbacks
+def wait_for(predicate, timeout=15.0, interval=0.02, what=None):
+    """
+    Poll C{predicate} (which may return a Deferred) until it is true; fail the test
+    with C{what} if it is not within C{timeout} seconds (a liveness bound, not a speed
+    target).
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = yield maybeDeferred(predicate)
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError("timed out waiting for %s" % (what or predicate,))
+        yield sleep(interval)
+
+
+class ShimRunner:
+    """
+    Starts L{ShimService}s in this process against a test's etcd, and stops them when
+    the test ends.
+    """
+
+    def __init__(self, testcase, endpoints):
+        self.testcase = testcase
+        self.endpoints = endpoints
+        self.directory = testcase.mktemp()
+        os.makedirs(self.directory)
+
+    @inlineCallbacks
+    def start(self, backend=None, controller="SimServer", hosts="compute1, compute2",
+              extra="", wait=True):
+        """
+        Start a shim; return it once it is ready (or at once when C{wait} is false).
+        """
+        path = write_config(
+            self.directory, self.endpoints, controller=controller, hosts=hosts,
+            extra=extra,
+        )
+        config = load_config(path)
+        backend = backend if backend is not None else RecordingBackend()
+        service = ShimService(config, backend)
+        service.startService()
+        self.testcase.addCleanup(self.stop, service)
+        if wait:
+            yield service.when_ready()
+        return service
+
+    def stop(self, service):
+        if service.running:
+            return service.stopService()
+        return None
+
+
+@inlineCallbacks
+def read_result(client, uuid):
+    """
+    The decoded bind result of port C{uuid}, or C{None} when its key does not exist.
+    """
+    found = yield client.get(keys.result_key(uuid))
+    if not found.kvs:
+        return None
+    return json.loads(found.kvs[0].value)
+
+
+def never():
+    """
+    A Deferred that never fires (for a backend that hangs).
+    """
+    return Deferred()
