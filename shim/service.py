@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from shim import keys, portstate
 from shim.backoff import Backoff
 from shim.calls import BackendCaller
-from shim.etcd import EtcdClient
+from shim.etcd import AuthFailed, EtcdClient, TLSFailed
 from shim.metrics import Metrics
 from shim.model import BadValue, Changes, Model, Port, decode
 from shim.portstate import BIND, BOUND, UNBOUND
@@ -33,6 +33,9 @@ from shim.serial import SerialQueues
 
 PUT = "PUT"
 DELETE = "DELETE"
+
+#: Errors that retrying cannot mend: at start-up they stop the shim.
+FATAL_AT_START = (AuthFailed, TLSFailed)
 
 #: Seconds that stopping waits for running callbacks and result writes.
 STOP_TIMEOUT = 10.0
@@ -72,11 +75,15 @@ class ShimService(Service):
         self.cluster_id = None
         self._synchronised = False
         self._watch = None
+        self._confirmed = False
         self._sleep = None
         self._loop = None
         self._resync_cause = None
         self._periodic = None
         self._ready_waiters = []
+        #: Fires with the error when start-up fails for good (a wrong password, an
+        #: untrusted certificate); the twistd plugin then exits non-zero.
+        self.start_failed = Deferred()
         self._other_apis = set()
         self._restored = {}
         self._handlers = {
@@ -163,9 +170,16 @@ class ShimService(Service):
                 if cause is not None:
                     yield self._synchronise(cause)
                     cause = None
+                if not self.running:
+                    break
                 ended = yield self._follow()
             except Exception as e:
                 if not self.running:
+                    break
+                if not self._synchronised and isinstance(e, FATAL_AT_START):
+                    self._set_not_ready("cannot start: %s" % (e,))
+                    self.log.critical("cannot start: {error}", error=e)
+                    self.start_failed.callback(e)
                     break
                 delay = backoff.next_delay()
                 self._set_not_ready("etcd unavailable: %s" % (e,))
@@ -175,7 +189,10 @@ class ShimService(Service):
                 )
                 yield self._pause(delay)
                 continue
-            backoff.reset()
+            if self._confirmed:
+                # Back off only while etcd cannot be reached: a watch etcd confirmed
+                # was working, so the next one starts from the shortest delay.
+                backoff.reset()
             if not self.running:
                 break
             if self._resync_cause is not None:
@@ -228,10 +245,12 @@ class ShimService(Service):
             on_progress=self._on_progress,
         )
         self._watch = watch
+        self._confirmed = False
         watch.started.addCallbacks(self._watching, lambda _: None)
         return watch.done.addBoth(self._watch_ended)
 
     def _watching(self, _):
+        self._confirmed = True
         if self.client.cluster_id not in (None, self.cluster_id):
             self.log.warn(
                 "etcd's cluster id changed from {old} to {new}",
@@ -249,6 +268,7 @@ class ShimService(Service):
 
     def _on_watch_event(self, event):
         self.revision = event.mod_revision
+        self.metrics.revision.set(event.mod_revision)
         self.apply(event.type, event.key, event.value, event.mod_revision)
 
     def _on_progress(self, revision):
@@ -280,9 +300,11 @@ class ShimService(Service):
         ours = self._our_results(results.kvs)
         if first:
             self._restore_bindings(proton.kvs, ours)
-        else:
-            self._repair_results(ours)
         self._reconcile(proton.kvs, proton.revision)
+        if not first:
+            # After the snapshot is applied, so that a port deleted or unbound
+            # meanwhile does not get its result written again.
+            self._repair_results(ours)
         self.revision = proton.revision
         self.metrics.revision.set(proton.revision)
         self._synchronised = True
@@ -365,8 +387,13 @@ class ShimService(Service):
             objects = self.model.table(table)
             for name, kv in by_table[table]:
                 known = objects.get(name)
-                if known is None or known.revision != kv.mod_revision:
-                    self.apply(PUT, kv.key, kv.value, kv.mod_revision)
+                if known is not None and known.revision == kv.mod_revision:
+                    continue
+                if known is not None and not known.revision and _same(table, known, kv):
+                    # Renumbered by another cluster, unchanged: nothing to call.
+                    known.revision = kv.mod_revision
+                    continue
+                self.apply(PUT, kv.key, kv.value, kv.mod_revision)
         for table in reversed(keys.TABLES):
             gone = [n for n in self.model.table(table) if n not in present[table]]
             for name in gone:
@@ -628,6 +655,20 @@ def _merge_result(port, value):
     result = json.loads(value)
     port["vif_type"] = result.get("vif_type")
     port["vif_details"] = json.dumps(result.get("vif_details"))
+
+
+def _same(table, known, kv):
+    """
+    Whether an etcd value holds the same object as the model's C{known} one (a Bound
+    port's vif attributes, merged from its bind result, set aside).
+    """
+    try:
+        obj = decode(table, kv.value, kv.mod_revision)
+    except BadValue:
+        return False
+    if table == keys.PORT:
+        _keep_result(obj, known)
+    return obj == known
 
 
 def _keep_result(port, prev):

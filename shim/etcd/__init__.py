@@ -6,7 +6,7 @@ See docs/architecture.md, "The etcd client API".
 
 from shim.etcd.errors import (
     AuthFailed, Compacted, ConnectionFailed, EtcdError, NotFound, RequestTooLarge,
-    Timeout, Unavailable)
+    TLSFailed, Timeout, Unavailable)
 from shim.etcd.wire import (
     Compare, DeleteResult, KeyValue, Lease, Op, PutResult, RangeResult, Status,
     TxnResult, WatchEnded, WatchEvent)
@@ -19,5 +19,5 @@ __all__ = [
     "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult", "Status",
     "Lease", "WatchEvent", "WatchEnded",
     "EtcdError", "ConnectionFailed", "Timeout", "Compacted", "AuthFailed",
-    "RequestTooLarge", "Unavailable", "NotFound",
+    "RequestTooLarge", "Unavailable", "NotFound", "TLSFailed",
 ]

@@ -52,6 +52,13 @@ class ConnectionFailed(EtcdError):
     """No endpoint could be reached, or the connection broke before an answer."""
 
 
+class TLSFailed(ConnectionFailed):
+    """
+    The TLS handshake with an endpoint failed: an untrusted server certificate, a client
+    certificate the server refused, or a name mismatch.  Retrying does not mend it.
+    """
+
+
 class Timeout(EtcdError):
     """etcd did not answer within the call's timeout (or reported a deadline)."""
 
