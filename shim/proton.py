@@ -1,0 +1,761 @@
+"""
+Proton-server's side of the protocol, for operators, the demo and the tests.
+
+proton-server is the OpenStack API service that writes net-l3vpn objects into etcd and
+waits for a shim to answer its bind requests.  L{ProtonClient} does what proton does, in
+proton's value format: every non-null attribute is written as a string (C{True} becomes
+C{"True"}, C{1500} becomes C{"1500"}, a dict becomes its JSON text), null stays JSON
+null, and an update rewrites the whole object.  Its L{ProtonClient.bind} follows proton's
+exact sequence, so a shim can be exercised against the real thing's timing window.
+
+C{shim-proton} (L{main}) is the command line around it::
+
+    shim-proton [--etcd URL[,URL...]] vpn create VPN1 --name blue --rd 100:1 --ipv4-family 100:1
+    shim-proton rt create 100:1 --type both
+    shim-proton port create PORT1 --mac fa:16:3e:00:00:01
+    shim-proton vpnport create PORT1 VPN1
+    shim-proton bind PORT1 --host compute1 --device vm1
+    shim-proton unbind PORT1
+    shim-proton show
+"""
+
+import argparse
+import json
+import random
+import sys
+import uuid
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from shim import keys
+from shim.etcd import Compare, EtcdClient, Op
+from shim.etcd.errors import EtcdError
+
+log = Logger()
+
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+
+#: proton's attributes of a port, in proton's order.
+PORT_ATTRIBUTES = (
+    "id", "tenant_id", "name", "network_id", "mac_address", "admin_state_up",
+    "device_owner", "device_id", "status", "vnic_type", "host_id", "vif_details",
+    "profile", "vif_type", "zone", "ipaddress", "subnet_prefix", "gateway", "mtu",
+    "vlan_transparency",
+)
+
+VPN_ATTRIBUTES = (
+    "id", "vpn_instance_name", "description", "ipv4_family", "ipv6_family",
+    "route_distinguishers",
+)
+
+AFCONFIG_ATTRIBUTES = (
+    "vrf_rt_value", "vrf_rt_type", "import_route_policy", "export_route_policy",
+)
+
+RT_TYPES = ("export_extcommunity", "import_extcommunity", "both")
+
+#: The attributes a bind request sets and an unbind clears.
+BIND_ATTRIBUTES = ("host_id", "device_id")
+VIF_ATTRIBUTES = ("vif_type", "vif_details")
+
+
+class ProtonError(Exception):
+    """
+    A request that cannot be carried out: an unknown object, a bad argument, a bind
+    result that is not a JSON object.  The message says what and where.
+    """
+
+
+def proton_string(value):
+    """
+    One attribute as proton writes it: C{None} stays C{None}, a dict or list becomes
+    its JSON text, anything else its C{str}.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def encode_object(attrs):
+    """
+    The etcd value proton writes for an object: a JSON object of strings and nulls.
+
+    @param attrs: attribute name to value (any type).
+    @return: C{bytes}.
+    """
+    return json.dumps(
+        {name: proton_string(value) for name, value in attrs.items()}, sort_keys=True
+    ).encode("utf-8")
+
+
+def decode_value(value):
+    """
+    Decode an etcd value for display: JSON when it is JSON, text otherwise.
+    """
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def random_mac():
+    """
+    A MAC address in OpenStack's C{fa:16:3e} range, as Neutron would allocate one.
+    """
+    return "fa:16:3e:%02x:%02x:%02x" % tuple(random.randrange(256) for _ in range(3))
+
+
+def port_defaults(port_id):
+    """
+    A new port's full attribute set, as proton creates an unbound port.
+    """
+    return {
+        "id": port_id,
+        "tenant_id": "proton-tenant",
+        "name": "port-%s" % (port_id,),
+        "network_id": "proton-net",
+        "mac_address": random_mac(),
+        "admin_state_up": True,
+        "device_owner": "compute:nova",
+        "device_id": "",
+        "status": "DOWN",
+        "vnic_type": "normal",
+        "host_id": "",
+        "vif_details": None,
+        "profile": None,
+        "vif_type": None,
+        "zone": None,
+        "ipaddress": None,
+        "subnet_prefix": None,
+        "gateway": None,
+        "mtu": 1500,
+        "vlan_transparency": False,
+    }
+
+
+class BindOutcome:
+    """
+    What proton got from a bind request.
+
+    @ivar result: the bind result (a dict) proton saw at the controller key, or C{None}
+        when nobody answered within the timeout.
+    @ivar elapsed: seconds from the port write to the result seen (to the timeout when
+        nobody answered), on the reactor's clock.
+    @ivar port: the port object as proton keeps it afterwards (C{vif_type} and
+        C{vif_details} copied from the result).
+    """
+
+    def __init__(self, result, elapsed, port):
+        self.result = result
+        self.elapsed = elapsed
+        self.port = port
+
+    @property
+    def timed_out(self):
+        return self.result is None
+
+    def __repr__(self):
+        return "<BindOutcome result=%r elapsed=%.3f>" % (self.result, self.elapsed)
+
+
+class ProtonClient:
+    """
+    Writes net-l3vpn objects into etcd the way proton-server does, and binds ports.
+
+    It keeps the objects it wrote (proton's database), so that an update rewrites the
+    whole object; an object it has not seen is read from etcd first, so a client in a
+    new process (the CLI) can update what an earlier one created.
+
+    @param etcd: a L{shim.etcd.EtcdClient}.
+    @param reactor: for the clock of L{bind}; the global reactor by default.
+    """
+
+    def __init__(self, etcd, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.etcd = etcd
+        self.reactor = reactor
+        self.objects = {}
+
+    # -- generic objects ---------------------------------------------------------
+
+    @inlineCallbacks
+    def put_object(self, table, object_id, attrs):
+        """
+        Write a whole object in proton's value format, and keep it.
+
+        @return: a Deferred firing with the etcd C{PutResult}.
+        """
+        if table not in keys.TABLES:
+            raise ProtonError("unknown table %r (expected one of %s)"
+                              % (table, ", ".join(keys.TABLES)))
+        if not object_id or "/" in object_id:
+            raise ProtonError("bad %s id %r: must be non-empty and contain no '/'"
+                              % (table, object_id))
+        attrs = dict(attrs)
+        result = yield self.etcd.put(keys.proton_key(table, object_id), encode_object(attrs))
+        self.objects[(table, object_id)] = attrs
+        return result
+
+    @inlineCallbacks
+    def delete_object(self, table, object_id):
+        """
+        Delete an object's key.
+
+        @return: a Deferred firing with the etcd C{DeleteResult}; its C{deleted} is 0
+            when there was no such key.
+        """
+        result = yield self.etcd.delete(keys.proton_key(table, object_id))
+        self.objects.pop((table, object_id), None)
+        return result
+
+    @inlineCallbacks
+    def get_object(self, table, object_id):
+        """
+        The object as proton keeps it: from memory, or read from etcd the first time.
+
+        @raise ProtonError: (in the Deferred) when it is in neither place or is not a
+            JSON object.
+        """
+        if (table, object_id) in self.objects:
+            return dict(self.objects[(table, object_id)])
+        key = keys.proton_key(table, object_id)
+        found = yield self.etcd.get(key)
+        if not found.kvs:
+            raise ProtonError("no %s %r in etcd (key %s)" % (table, object_id, key))
+        attrs = decode_value(found.kvs[0].value)
+        if not isinstance(attrs, dict):
+            raise ProtonError("%s holds %r, not a JSON object" % (key, attrs))
+        self.objects[(table, object_id)] = attrs
+        return dict(attrs)
+
+    @inlineCallbacks
+    def update_object(self, table, object_id, changes):
+        """
+        Merge C{changes} into the object and rewrite it whole.
+
+        @return: a Deferred firing with the new attributes.
+        """
+        attrs = yield self.get_object(table, object_id)
+        attrs.update(changes)
+        yield self.put_object(table, object_id, attrs)
+        return attrs
+
+    # -- ports -------------------------------------------------------------------
+
+    @inlineCallbacks
+    def create_port(self, port_id, **attrs):
+        """
+        Create a port with proton's full attribute set; C{attrs} override the defaults.
+
+        @return: a Deferred firing with the port's attributes.
+        """
+        unknown = sorted(set(attrs) - set(PORT_ATTRIBUTES))
+        if unknown:
+            raise ProtonError("unknown port attribute(s): %s" % (", ".join(unknown),))
+        port = port_defaults(port_id)
+        port.update(attrs)
+        yield self.put_object(keys.PORT, port_id, port)
+        return port
+
+    def update_port(self, port_id, **changes):
+        """
+        Change some attributes of a port and rewrite it whole.
+        """
+        return self.update_object(keys.PORT, port_id, changes)
+
+    def delete_port(self, port_id):
+        return self.delete_object(keys.PORT, port_id)
+
+    # -- VPN instances -------------------------------------------------------------
+
+    @inlineCallbacks
+    def create_vpn(self, vpn_id, name=None, route_distinguishers="",
+                   ipv4_family="", ipv6_family="", description=""):
+        """
+        Create a VpnInstance.  The family and distinguisher arguments take a list or a
+        comma-separated string of route-target keys / distinguishers.
+        """
+        vpn = {
+            "id": vpn_id,
+            "vpn_instance_name": name if name is not None else vpn_id,
+            "description": description,
+            "ipv4_family": _comma_list(ipv4_family),
+            "ipv6_family": _comma_list(ipv6_family),
+            "route_distinguishers": _comma_list(route_distinguishers),
+        }
+        yield self.put_object(keys.VPN_INSTANCE, vpn_id, vpn)
+        return vpn
+
+    def update_vpn(self, vpn_id, **changes):
+        for name in ("ipv4_family", "ipv6_family", "route_distinguishers"):
+            if name in changes:
+                changes[name] = _comma_list(changes[name])
+        return self.update_object(keys.VPN_INSTANCE, vpn_id, changes)
+
+    def delete_vpn(self, vpn_id):
+        return self.delete_object(keys.VPN_INSTANCE, vpn_id)
+
+    # -- route targets (VpnAfConfig) -----------------------------------------------
+
+    @inlineCallbacks
+    def create_route_target(self, rt_value, rt_type="both",
+                            import_route_policy=None, export_route_policy=None):
+        """
+        Create a VpnAfConfig; its key is C{rt_value} with spaces replaced by C{_}.
+        """
+        if rt_type not in RT_TYPES:
+            raise ProtonError("bad route target type %r (expected one of %s)"
+                              % (rt_type, ", ".join(RT_TYPES)))
+        afconfig = {
+            "vrf_rt_value": rt_value,
+            "vrf_rt_type": rt_type,
+            "import_route_policy": import_route_policy,
+            "export_route_policy": export_route_policy,
+        }
+        yield self.put_object(keys.VPN_AFCONFIG, keys.afconfig_name(rt_value), afconfig)
+        return afconfig
+
+    def update_route_target(self, rt_value, **changes):
+        if "vrf_rt_type" in changes and changes["vrf_rt_type"] not in RT_TYPES:
+            raise ProtonError("bad route target type %r (expected one of %s)"
+                              % (changes["vrf_rt_type"], ", ".join(RT_TYPES)))
+        return self.update_object(keys.VPN_AFCONFIG, keys.afconfig_name(rt_value), changes)
+
+    def delete_route_target(self, rt_value):
+        return self.delete_object(keys.VPN_AFCONFIG, keys.afconfig_name(rt_value))
+
+    # -- port-to-VPN bindings (VPNPort) ----------------------------------------------
+
+    @inlineCallbacks
+    def create_vpn_port(self, port_id, vpn_id):
+        """
+        Bind a port to a VPN; the key is the port's id.
+        """
+        binding = {"id": port_id, "vpn_instance": vpn_id}
+        yield self.put_object(keys.VPN_PORT, port_id, binding)
+        return binding
+
+    update_vpn_port = create_vpn_port
+
+    def delete_vpn_port(self, port_id):
+        return self.delete_object(keys.VPN_PORT, port_id)
+
+    # -- binding -----------------------------------------------------------------
+
+    @inlineCallbacks
+    def bind(self, port_id, host, device, timeout=8.0):
+        """
+        Ask for a port to be bound on C{host}, as proton does, and wait for the answer.
+
+          1. make sure the controller key exists (created as C{{}} in one transaction
+             when it is missing) and take its revision;
+          2. open a watch on it from that revision + 1, and wait until etcd confirmed
+             it, so that the watch is open before the port is written;
+          3. write the port with C{host_id} and C{device_id} set;
+          4. wait at most C{timeout} seconds for a change of the controller key that
+             carries a result; an empty C{{}} (a shim clearing its own earlier result)
+             is not an answer.
+
+        @return: a Deferred firing with a L{BindOutcome}.
+        """
+        port = yield self.get_object(keys.PORT, port_id)
+        ckey = keys.result_key(port_id)
+        revision = yield self._ensure_result_key(ckey)
+
+        answered = Deferred()
+
+        def on_event(event):
+            if answered.called:
+                return
+            if event.type != "PUT":
+                log.info("bind result {key} deleted while proton waits", key=ckey)
+                return
+            if decode_value(event.value) == {}:
+                # A shim clearing its earlier result (say, the one losing this port
+                # in a migration) is not an answer to this request.
+                return
+            answered.callback(event.value)
+
+        watch = self.etcd.watch(ckey, revision + 1, on_event, prefix=False,
+                                prev_kv=False, progress_notify=False)
+        stopping = False
+        try:
+            yield watch.started
+
+            def ended(outcome):
+                if not answered.called and not stopping:
+                    answered.errback(ProtonError(
+                        "watch on %s ended before a bind result came: %s"
+                        % (ckey, getattr(outcome, "reason", outcome))))
+                return outcome
+            watch.done.addCallback(ended)
+
+            port.update(host_id=host, device_id=device)
+            started = self.reactor.seconds()
+            # proton's clock runs from the port write.
+            timer = self.reactor.callLater(
+                timeout, lambda: answered.called or answered.callback(None))
+            try:
+                yield self.put_object(keys.PORT, port_id, port)
+                raw = yield answered
+            finally:
+                if timer.active():
+                    timer.cancel()
+            elapsed = self.reactor.seconds() - started
+        finally:
+            stopping = True
+            yield watch.stop()
+
+        if raw is None:
+            return BindOutcome(None, elapsed, port)
+        result = decode_value(raw)
+        if not isinstance(result, dict):
+            raise ProtonError("bind result at %s is not a JSON object: %r" % (ckey, result))
+        for name in VIF_ATTRIBUTES:
+            if name in result:
+                port[name] = proton_string(result[name])
+        self.objects[(keys.PORT, port_id)] = port
+        return BindOutcome(result, elapsed, dict(port))
+
+    @inlineCallbacks
+    def _ensure_result_key(self, ckey):
+        """
+        Create the controller key as C{{}} unless it exists; return its mod revision.
+        """
+        txn = yield self.etcd.txn(
+            compare=[Compare.create_revision(ckey, "==", 0)],
+            success=[Op.put(ckey, b"{}")],
+            failure=[Op.get(ckey)],
+        )
+        if txn.succeeded:
+            return txn.revision
+        kvs = _range_kvs(txn.responses[0]) if txn.responses else None
+        if kvs:
+            return kvs[0].mod_revision
+        # The key existed at the transaction's revision; anything after it is new.
+        return txn.revision
+
+    @inlineCallbacks
+    def unbind(self, port_id):
+        """
+        Unbind a port: clear C{host_id}, C{device_id} and (as proton does itself) the
+        vif attributes, and rewrite it.
+
+        @return: a Deferred firing with the port's attributes.
+        """
+        changes = {"host_id": "", "device_id": ""}
+        changes.update({name: None for name in VIF_ATTRIBUTES})
+        port = yield self.update_object(keys.PORT, port_id, changes)
+        return port
+
+    # -- inspection --------------------------------------------------------------
+
+    @inlineCallbacks
+    def show(self):
+        """
+        Everything under C{/proton/} and C{/controller/}, decoded.
+
+        @return: a Deferred firing with a dict of key to decoded value, in key order.
+        """
+        shown = {}
+        for prefix in (keys.PROTON_PREFIX, "/controller/"):
+            found = yield self.etcd.get_all(prefix)
+            for kv in found.kvs:
+                shown[kv.key] = decode_value(kv.value)
+        return dict(sorted(shown.items()))
+
+
+def _range_kvs(response):
+    """
+    The key-values of a transaction's get response, whatever shape the client gives it.
+    """
+    kvs = getattr(response, "kvs", None)
+    if kvs is None and isinstance(response, dict):
+        kvs = response.get("kvs")
+    return kvs
+
+
+def _comma_list(value):
+    """
+    proton's comma-separated list text from a list or a string.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return ",".join(value)
+    return ",".join(part.strip() for part in value.split(",") if part.strip())
+
+
+# -- the command line ----------------------------------------------------------------
+
+def _port_options(parser):
+    """
+    The port attributes as options; an option not given leaves the attribute alone.
+    """
+    parser.add_argument("--name")
+    parser.add_argument("--tenant", dest="tenant_id")
+    parser.add_argument("--network", dest="network_id")
+    parser.add_argument("--mac", dest="mac_address")
+    parser.add_argument("--host", dest="host_id")
+    parser.add_argument("--device", dest="device_id")
+    parser.add_argument("--device-owner", dest="device_owner")
+    parser.add_argument("--status", choices=["ACTIVE", "DOWN"])
+    parser.add_argument("--vnic-type", dest="vnic_type")
+    parser.add_argument("--zone")
+    parser.add_argument("--ip", dest="ipaddress")
+    parser.add_argument("--prefix", dest="subnet_prefix")
+    parser.add_argument("--gateway")
+    parser.add_argument("--mtu", type=int)
+    parser.add_argument("--admin-state", dest="admin_state_up",
+                        choices=["up", "down"])
+    parser.add_argument("--set", action="append", default=[], metavar="ATTR=VALUE",
+                        help="set any attribute to a string value")
+
+
+def _vpn_options(parser):
+    parser.add_argument("--name", dest="vpn_instance_name")
+    parser.add_argument("--description")
+    parser.add_argument("--rd", dest="route_distinguishers", metavar="RD[,RD]")
+    parser.add_argument("--ipv4-family", dest="ipv4_family", metavar="RT[,RT]")
+    parser.add_argument("--ipv6-family", dest="ipv6_family", metavar="RT[,RT]")
+    parser.add_argument("--set", action="append", default=[], metavar="ATTR=VALUE")
+
+
+def _rt_options(parser, create):
+    parser.add_argument("--type", dest="vrf_rt_type", choices=RT_TYPES,
+                        default="both" if create else None)
+    parser.add_argument("--import-policy", dest="import_route_policy")
+    parser.add_argument("--export-policy", dest="export_route_policy")
+    parser.add_argument("--set", action="append", default=[], metavar="ATTR=VALUE")
+
+
+def build_parser():
+    """
+    The argument parser of C{shim-proton}.
+    """
+    parser = argparse.ArgumentParser(
+        prog="shim-proton",
+        description="Act as proton-server: write net-l3vpn objects into etcd, "
+                    "bind ports and show what is there.")
+    parser.add_argument("--etcd", default=DEFAULT_ETCD, metavar="URL[,URL...]",
+                        help="etcd endpoints (default %(default)s)")
+    parser.add_argument("--etcd-timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="timeout of one etcd request (default %(default)s)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    port = commands.add_parser("port", help="create, update or delete a port")
+    port_cmds = port.add_subparsers(dest="action", required=True)
+    p = port_cmds.add_parser("create", help="create a port (proton's full attribute set)")
+    p.add_argument("id", nargs="?", help="port id (a new uuid when omitted)")
+    _port_options(p)
+    p = port_cmds.add_parser("update", help="change attributes, rewrite the whole port")
+    p.add_argument("id")
+    _port_options(p)
+    p = port_cmds.add_parser("delete", help="delete a port")
+    p.add_argument("id")
+
+    vpn = commands.add_parser("vpn", help="create, update or delete a VpnInstance")
+    vpn_cmds = vpn.add_subparsers(dest="action", required=True)
+    p = vpn_cmds.add_parser("create")
+    p.add_argument("id")
+    _vpn_options(p)
+    p = vpn_cmds.add_parser("update")
+    p.add_argument("id")
+    _vpn_options(p)
+    p = vpn_cmds.add_parser("delete")
+    p.add_argument("id")
+
+    rt = commands.add_parser("rt", help="create, update or delete a route target "
+                                        "(VpnAfConfig)")
+    rt_cmds = rt.add_subparsers(dest="action", required=True)
+    p = rt_cmds.add_parser("create")
+    p.add_argument("value", help="vrf_rt_value, e.g. 100:1")
+    _rt_options(p, True)
+    p = rt_cmds.add_parser("update")
+    p.add_argument("value")
+    _rt_options(p, False)
+    p = rt_cmds.add_parser("delete")
+    p.add_argument("value")
+
+    vpnport = commands.add_parser("vpnport", help="bind a port to a VPN (VPNPort)")
+    vp_cmds = vpnport.add_subparsers(dest="action", required=True)
+    p = vp_cmds.add_parser("create")
+    p.add_argument("port")
+    p.add_argument("vpn")
+    p = vp_cmds.add_parser("update")
+    p.add_argument("port")
+    p.add_argument("vpn")
+    p = vp_cmds.add_parser("delete")
+    p.add_argument("port")
+
+    p = commands.add_parser("bind", help="bind a port as proton does and print the "
+                                         "result")
+    p.add_argument("port")
+    p.add_argument("--host", required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--timeout", type=float, default=8.0,
+                   help="seconds to wait for the bind result (default %(default)s)")
+
+    p = commands.add_parser("unbind", help="unbind a port")
+    p.add_argument("port")
+
+    commands.add_parser("show", help="print everything under /proton/ and /controller/")
+    return parser
+
+
+def _set_pairs(pairs):
+    """
+    C{--set ATTR=VALUE} options as a dict; C{ATTR=} alone means null.
+    """
+    out = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise ProtonError("--set %r: expected ATTR=VALUE" % (pair,))
+        out[name] = value if value else None
+    return out
+
+
+def _given(args, names):
+    """
+    The options among C{names} that were given on the command line.
+    """
+    return {name: getattr(args, name) for name in names
+            if getattr(args, name, None) is not None}
+
+
+@inlineCallbacks
+def run(client, args, out):
+    """
+    Carry out one parsed command with C{client}, writing to C{out}.
+
+    @return: a Deferred firing with the exit code.
+    """
+    def emit(thing):
+        out.write(json.dumps(thing, indent=2, sort_keys=True) + "\n")
+
+    if args.command == "port":
+        if args.action == "delete":
+            deleted = yield client.delete_port(args.id)
+            if not deleted.deleted:
+                raise ProtonError("no port %r in etcd to delete" % (args.id,))
+            out.write("deleted port %s\n" % (args.id,))
+            return 0
+        attrs = _given(args, PORT_ATTRIBUTES)
+        if "admin_state_up" in attrs:
+            attrs["admin_state_up"] = attrs["admin_state_up"] == "up"
+        attrs.update(_set_pairs(args.set))
+        if args.action == "create":
+            port_id = args.id or str(uuid.uuid4())
+            attrs.pop("id", None)
+            port = yield client.create_port(port_id, **attrs)
+        else:
+            port = yield client.update_port(args.id, **attrs)
+        emit({keys.proton_key(keys.PORT, port["id"]): json.loads(encode_object(port))})
+    elif args.command == "vpn":
+        if args.action == "delete":
+            deleted = yield client.delete_vpn(args.id)
+            if not deleted.deleted:
+                raise ProtonError("no vpn %r in etcd to delete" % (args.id,))
+            out.write("deleted vpn %s\n" % (args.id,))
+            return 0
+        attrs = _given(args, VPN_ATTRIBUTES)
+        attrs.update(_set_pairs(args.set))
+        if args.action == "create":
+            vpn = yield client.create_vpn(
+                args.id, name=attrs.pop("vpn_instance_name", None),
+                route_distinguishers=attrs.pop("route_distinguishers", ""),
+                ipv4_family=attrs.pop("ipv4_family", ""),
+                ipv6_family=attrs.pop("ipv6_family", ""),
+                description=attrs.pop("description", ""))
+            if attrs:
+                vpn = yield client.update_vpn(args.id, **attrs)
+        else:
+            vpn = yield client.update_vpn(args.id, **attrs)
+        emit({keys.proton_key(keys.VPN_INSTANCE, args.id): json.loads(encode_object(vpn))})
+    elif args.command == "rt":
+        name = keys.afconfig_name(args.value)
+        if args.action == "delete":
+            deleted = yield client.delete_route_target(args.value)
+            if not deleted.deleted:
+                raise ProtonError("no route target %r in etcd to delete" % (args.value,))
+            out.write("deleted route target %s\n" % (args.value,))
+            return 0
+        attrs = _given(args, AFCONFIG_ATTRIBUTES)
+        attrs.update(_set_pairs(args.set))
+        if args.action == "create":
+            rt = yield client.create_route_target(
+                args.value, rt_type=attrs.pop("vrf_rt_type"),
+                import_route_policy=attrs.pop("import_route_policy", None),
+                export_route_policy=attrs.pop("export_route_policy", None))
+            if attrs:
+                rt = yield client.update_route_target(args.value, **attrs)
+        else:
+            rt = yield client.update_route_target(args.value, **attrs)
+        emit({keys.proton_key(keys.VPN_AFCONFIG, name): json.loads(encode_object(rt))})
+    elif args.command == "vpnport":
+        if args.action == "delete":
+            deleted = yield client.delete_vpn_port(args.port)
+            if not deleted.deleted:
+                raise ProtonError("no vpnport %r in etcd to delete" % (args.port,))
+            out.write("deleted vpnport %s\n" % (args.port,))
+            return 0
+        binding = yield client.create_vpn_port(args.port, args.vpn)
+        emit({keys.proton_key(keys.VPN_PORT, args.port): binding})
+    elif args.command == "bind":
+        outcome = yield client.bind(args.port, args.host, args.device,
+                                    timeout=args.timeout)
+        if outcome.timed_out:
+            out.write("timed out after %.1f s: no bind result for port %s\n"
+                      % (args.timeout, args.port))
+            return 1
+        shown = {name: outcome.result.get(name)
+                 for name in ("vif_type", "vif_details", "controller")}
+        shown["elapsed_ms"] = round(outcome.elapsed * 1000.0, 1)
+        emit(shown)
+    elif args.command == "unbind":
+        yield client.unbind(args.port)
+        out.write("unbound port %s\n" % (args.port,))
+    elif args.command == "show":
+        shown = yield client.show()
+        emit(shown)
+    return 0
+
+
+@inlineCallbacks
+def _react_main(reactor, argv):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    endpoints = [url.strip() for url in args.etcd.split(",") if url.strip()]
+    if not endpoints:
+        parser.error("--etcd: no endpoint given")
+    etcd = EtcdClient(endpoints=endpoints, timeout=args.etcd_timeout, reactor=reactor)
+    code = 1
+    try:
+        code = yield run(ProtonClient(etcd, reactor), args, sys.stdout)
+    except ProtonError as e:
+        sys.stderr.write("shim-proton: %s\n" % (e,))
+    except EtcdError as e:
+        sys.stderr.write("shim-proton: %s\n" % (e,))
+    finally:
+        yield etcd.close()
+    sys.stdout.flush()
+    raise SystemExit(code)
+
+
+def main(argv=None):
+    """
+    The C{shim-proton} console script.
+    """
+    from twisted.internet import task
+
+    task.react(_react_main, [sys.argv[1:] if argv is None else argv])
+
+
+if __name__ == "__main__":
+    main()

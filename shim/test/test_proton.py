@@ -1,0 +1,362 @@
+"""
+Tests for L{shim.proton}: proton's side of the protocol, against a real etcd.
+"""
+
+import json
+import os
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from shim import keys
+from shim.etcd import EtcdClient
+from shim.proton import PORT_ATTRIBUTES, ProtonClient, encode_object
+from shim.test.etcdserver import EtcdServer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+RESULT = {"vif_type": "ovs",
+          "vif_details": {"port_filter": False, "bridge_name": "br-gluon"},
+          "controller": "FakeShim"}
+
+
+class EtcdTestCase(TestCase):
+    """
+    A fresh etcd, a client and a L{ProtonClient} per test.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        self.etcd = EtcdServer()
+        self.etcd.start()
+        self.addCleanup(self.etcd.cleanup)
+        self.client = EtcdClient([self.etcd.client_url])
+        self.addCleanup(self.client.close)
+        self.proton = ProtonClient(self.client)
+        yield self.client.status()
+
+    @inlineCallbacks
+    def stored(self, table, name):
+        """
+        The decoded value proton's key of C{table}/C{name} holds, or C{None}.
+        """
+        found = yield self.client.get(keys.proton_key(table, name))
+        if not found.kvs:
+            return None
+        return json.loads(found.kvs[0].value)
+
+    @inlineCallbacks
+    def responder(self, answers):
+        """
+        A fake shim: watch proton's ports and, for each bind request, write the next
+        of C{answers} to the port's controller key.  Returns the list of bind-request
+        revisions it saw.
+        """
+        status = yield self.client.status()
+        seen = []
+        answers = list(answers)
+        writing = []
+        # proton may see an answer before etcd has acknowledged its put: wait for
+        # the writes before the client closes.
+        self.addCleanup(lambda: DeferredList(writing))
+
+        def on_event(event):
+            if event.type != "PUT":
+                return
+            port = json.loads(event.value)
+            if port.get("host_id") and port.get("device_id") and answers:
+                seen.append(event.mod_revision)
+                uuid = event.key.rsplit("/", 1)[1]
+                writing.append(write(keys.result_key(uuid), answers.pop(0)))
+
+        @inlineCallbacks
+        def write(key, values):
+            for value in values:
+                yield self.client.put(key, json.dumps(value))
+
+        watch = self.client.watch(keys.proton_key(keys.PORT, ""), status.revision + 1,
+                                  on_event, prefix=True)
+        self.addCleanup(watch.stop)
+        yield watch.started
+        return seen
+
+
+class ObjectTests(EtcdTestCase):
+    @inlineCallbacks
+    def test_port_value_format(self):
+        """
+        A port is written with proton's full attribute set, every non-null value as a
+        string and null as JSON null.
+        """
+        yield self.proton.create_port("p1", mtu=9000, admin_state_up=True,
+                                      profile={"a": 1}, subnet_prefix=24)
+        port = yield self.stored(keys.PORT, "p1")
+        self.assertEqual(sorted(port), sorted(PORT_ATTRIBUTES))
+        self.assertEqual(port["id"], "p1")
+        self.assertEqual(port["mtu"], "9000")
+        self.assertEqual(port["admin_state_up"], "True")
+        self.assertEqual(port["vlan_transparency"], "False")
+        self.assertEqual(port["subnet_prefix"], "24")
+        self.assertEqual(json.loads(port["profile"]), {"a": 1})
+        self.assertIsNone(port["vif_type"])
+        self.assertEqual(port["host_id"], "")
+        for name, value in port.items():
+            self.assertTrue(value is None or isinstance(value, str),
+                            "%s is %r" % (name, value))
+
+    @inlineCallbacks
+    def test_update_rewrites_whole_object(self):
+        """
+        An update by a client that did not create the port (as the CLI is) reads it
+        and rewrites all of it.
+        """
+        yield self.proton.create_port("p1", name="first")
+        other = ProtonClient(self.client)
+        yield other.update_port("p1", mtu=1400)
+        port = yield self.stored(keys.PORT, "p1")
+        self.assertEqual(sorted(port), sorted(PORT_ATTRIBUTES))
+        self.assertEqual((port["name"], port["mtu"]), ("first", "1400"))
+
+    @inlineCallbacks
+    def test_vpn_route_target_and_binding(self):
+        """
+        A VpnInstance holds comma-separated lists, a VpnAfConfig's key is its value
+        with spaces replaced, and a VPNPort is keyed by its port.
+        """
+        yield self.proton.create_route_target("100:1 x", rt_type="export_extcommunity")
+        yield self.proton.create_vpn("v1", name="blue", route_distinguishers="100:100",
+                                     ipv4_family=["100:1_x", "200:2"])
+        yield self.proton.create_vpn_port("p1", "v1")
+        rt = yield self.stored(keys.VPN_AFCONFIG, "100:1_x")
+        self.assertEqual(rt, {"vrf_rt_value": "100:1 x",
+                              "vrf_rt_type": "export_extcommunity",
+                              "import_route_policy": None,
+                              "export_route_policy": None})
+        vpn = yield self.stored(keys.VPN_INSTANCE, "v1")
+        self.assertEqual(vpn["ipv4_family"], "100:1_x,200:2")
+        self.assertEqual(vpn["ipv6_family"], "")
+        self.assertEqual(vpn["vpn_instance_name"], "blue")
+        binding = yield self.stored(keys.VPN_PORT, "p1")
+        self.assertEqual(binding, {"id": "p1", "vpn_instance": "v1"})
+
+    @inlineCallbacks
+    def test_delete(self):
+        """
+        Deleting an object deletes its key; deleting a missing one deletes nothing.
+        """
+        yield self.proton.create_vpn("v1")
+        result = yield self.proton.delete_vpn("v1")
+        self.assertEqual(result.deleted, 1)
+        vpn = yield self.stored(keys.VPN_INSTANCE, "v1")
+        self.assertIsNone(vpn)
+        result = yield self.proton.delete_vpn("v1")
+        self.assertEqual(result.deleted, 0)
+
+    @inlineCallbacks
+    def test_show(self):
+        """
+        show() returns every proton and controller key, decoded.
+        """
+        yield self.proton.create_vpn_port("p1", "v1")
+        yield self.client.put(keys.result_key("p1"), b"{}")
+        yield self.client.put("/elsewhere/x", b"1")
+        shown = yield self.proton.show()
+        self.assertEqual(shown, {keys.proton_key(keys.VPN_PORT, "p1"):
+                                 {"id": "p1", "vpn_instance": "v1"},
+                                 keys.result_key("p1"): {}})
+
+    def test_encode_object(self):
+        """
+        Values become proton's strings; dicts their JSON text.
+        """
+        self.assertEqual(
+            json.loads(encode_object({"a": True, "b": 1500, "c": None, "d": {"x": False},
+                                      "e": "s"})),
+            {"a": "True", "b": "1500", "c": None, "d": '{"x": false}', "e": "s"})
+
+
+class BindTests(EtcdTestCase):
+    @inlineCallbacks
+    def test_bind_answered(self):
+        """
+        bind() creates the controller key as {} before the port write, writes the
+        port with host_id/device_id, and returns the answer that follows; the port it
+        keeps gets the vif attributes.
+        """
+        yield self.proton.create_port("p1")
+        seen = yield self.responder([[RESULT]])
+        outcome = yield self.proton.bind("p1", "compute1", "vm1", timeout=30.0)
+        self.assertEqual(outcome.result, RESULT)
+        self.assertFalse(outcome.timed_out)
+        self.assertGreaterEqual(outcome.elapsed, 0.0)
+        self.assertEqual(outcome.port["vif_type"], "ovs")
+        self.assertEqual(json.loads(outcome.port["vif_details"]), RESULT["vif_details"])
+        port = yield self.stored(keys.PORT, "p1")
+        self.assertEqual((port["host_id"], port["device_id"]), ("compute1", "vm1"))
+        found = yield self.client.get(keys.result_key("p1"))
+        # The key was created ({} at its first version) before the port write.
+        self.assertEqual(found.kvs[0].version, 2)
+        self.assertLess(found.kvs[0].create_revision, seen[0])
+
+    @inlineCallbacks
+    def test_bind_waits_for_new_result(self):
+        """
+        An existing bind result is not taken as the answer, nor is a {} written after
+        the request (a shim clearing its own result): bind() waits for a result.
+        """
+        yield self.proton.create_port("p1")
+        yield self.client.put(keys.result_key("p1"), json.dumps({"vif_type": "old"}))
+        yield self.responder([[{}, RESULT]])
+        outcome = yield self.proton.bind("p1", "compute1", "vm1", timeout=30.0)
+        self.assertEqual(outcome.result, RESULT)
+
+    @inlineCallbacks
+    def test_bind_times_out(self):
+        """
+        With nobody answering, bind() gives up after its timeout with no result, and
+        leaves the controller key it created as {}.
+        """
+        yield self.proton.create_port("p1")
+        outcome = yield self.proton.bind("p1", "compute1", "vm1", timeout=0.2)
+        self.assertIsNone(outcome.result)
+        self.assertTrue(outcome.timed_out)
+        self.assertIsNone(outcome.port["vif_type"])
+        found = yield self.client.get(keys.result_key("p1"))
+        self.assertEqual(json.loads(found.kvs[0].value), {})
+
+    @inlineCallbacks
+    def test_bind_unknown_port(self):
+        """
+        Binding a port that is nowhere fails with a message naming it.
+        """
+        from shim.proton import ProtonError
+
+        error = yield self.assertFailure(self.proton.bind("nope", "h", "d"), ProtonError)
+        self.assertIn("nope", str(error))
+
+    @inlineCallbacks
+    def test_unbind_clears(self):
+        """
+        unbind() clears host_id, device_id and the vif attributes and rewrites the
+        port whole.
+        """
+        yield self.proton.create_port("p1", name="kept")
+        yield self.responder([[RESULT]])
+        yield self.proton.bind("p1", "compute1", "vm1", timeout=30.0)
+        yield self.proton.unbind("p1")
+        port = yield self.stored(keys.PORT, "p1")
+        self.assertEqual(sorted(port), sorted(PORT_ATTRIBUTES))
+        self.assertEqual((port["host_id"], port["device_id"]), ("", ""))
+        self.assertEqual((port["vif_type"], port["vif_details"]), (None, None))
+        self.assertEqual(port["name"], "kept")
+
+
+class CommandLineTests(EtcdTestCase):
+    """
+    C{shim-proton} run as a real process.
+    """
+
+    timeout = 120
+
+    def cli(self, *args, etcd=None):
+        """
+        Run C{python -m shim.proton --etcd URL ARGS}; fire with (out, err, code).
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        argv = ["-m", "shim.proton", "--etcd", etcd or self.etcd.client_url] + list(args)
+        d = getProcessOutputAndValue(sys.executable, argv, env=env, path=REPO,
+                                     reactor=reactor)
+        return d.addCallback(
+            lambda r: (r[0].decode("utf-8"), r[1].decode("utf-8"), r[2]))
+
+    @inlineCallbacks
+    def test_create_show_delete(self):
+        """
+        Objects created on the command line are in etcd in proton's format, show
+        prints them, delete removes them.
+        """
+        out, err, code = yield self.cli("rt", "create", "100:1", "--type", "both")
+        self.assertEqual(code, 0, err)
+        out, err, code = yield self.cli("vpn", "create", "v1", "--name", "blue",
+                                        "--rd", "100:1", "--ipv4-family", "100:1")
+        self.assertEqual(code, 0, err)
+        out, err, code = yield self.cli("port", "create", "p1", "--mtu", "9000",
+                                        "--mac", "fa:16:3e:00:00:09")
+        self.assertEqual(code, 0, err)
+        out, err, code = yield self.cli("vpnport", "create", "p1", "v1")
+        self.assertEqual(code, 0, err)
+        out, err, code = yield self.cli("port", "update", "p1", "--status", "ACTIVE")
+        self.assertEqual(code, 0, err)
+
+        out, err, code = yield self.cli("show")
+        self.assertEqual(code, 0, err)
+        shown = json.loads(out)
+        port = shown[keys.proton_key(keys.PORT, "p1")]
+        self.assertEqual((port["mtu"], port["mac_address"], port["status"]),
+                         ("9000", "fa:16:3e:00:00:09", "ACTIVE"))
+        self.assertEqual(shown[keys.proton_key(keys.VPN_INSTANCE, "v1")]["ipv4_family"],
+                         "100:1")
+        self.assertEqual(shown[keys.proton_key(keys.VPN_AFCONFIG, "100:1")]
+                         ["vrf_rt_type"], "both")
+        self.assertEqual(shown[keys.proton_key(keys.VPN_PORT, "p1")],
+                         {"id": "p1", "vpn_instance": "v1"})
+
+        for args in (("vpnport", "delete", "p1"), ("port", "delete", "p1"),
+                     ("vpn", "delete", "v1"), ("rt", "delete", "100:1")):
+            out, err, code = yield self.cli(*args)
+            self.assertEqual(code, 0, err)
+        out, err, code = yield self.cli("show")
+        self.assertEqual(json.loads(out), {})
+
+        out, err, code = yield self.cli("port", "delete", "p1")
+        self.assertNotEqual(code, 0)
+        self.assertIn("no port 'p1'", err)
+
+    @inlineCallbacks
+    def test_bind_timeout_and_unbind(self):
+        """
+        bind with nobody answering says it timed out and exits 1; unbind works.
+        """
+        yield self.proton.create_port("p1")
+        out, err, code = yield self.cli("bind", "p1", "--host", "h1", "--device", "d1",
+                                        "--timeout", "0.3")
+        self.assertEqual(code, 1)
+        self.assertIn("timed out after 0.3 s", out)
+        out, err, code = yield self.cli("unbind", "p1")
+        self.assertEqual(code, 0, err)
+        port = yield self.stored(keys.PORT, "p1")
+        self.assertEqual(port["host_id"], "")
+
+    @inlineCallbacks
+    def test_bind_answered(self):
+        """
+        bind prints the result proton received as JSON.
+        """
+        yield self.proton.create_port("p1")
+        yield self.responder([[RESULT]])
+        out, err, code = yield self.cli("bind", "p1", "--host", "h1", "--device", "d1",
+                                        "--timeout", "60")
+        self.assertEqual(code, 0, err)
+        shown = json.loads(out)
+        self.assertEqual(shown["vif_type"], "ovs")
+        self.assertEqual(shown["vif_details"], RESULT["vif_details"])
+        self.assertEqual(shown["controller"], "FakeShim")
+
+    @inlineCallbacks
+    def test_etcd_unreachable(self):
+        """
+        An etcd that cannot be reached gives one clear line and a non-zero exit.
+        """
+        out, err, code = yield self.cli("--etcd-timeout", "2", "show",
+                                        etcd="http://127.0.0.1:9")
+        self.assertNotEqual(code, 0)
+        lines = [line for line in err.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, err)
+        self.assertIn("127.0.0.1:9", lines[0])
