@@ -15,9 +15,17 @@ installs that component when twistd adds it to the application, so the shim's lo
 goes to C{[shim] log_file} (standard output by default) at C{[shim] log_level}, in
 C{[shim] log_format}.  twistd's own C{--logfile} is therefore not used; twistd's
 C{--logger} still overrides everything.
+
+A failure that retrying cannot mend at start-up (etcd refusing the user and password,
+a TLS handshake failing: L{shim.service.ShimService.start_failed}) stops twistd too:
+the shim logs it, L{ShimServerService} writes C{shimserver: cannot start: <why>} on
+standard error and stops the reactor, and the process exits with status 1 once twistd
+has cleaned up (twistd itself has no way to set the exit status, see L{_exit_status}).
 """
 
+import atexit
 import dataclasses
+import os
 import sys
 
 from twisted.application import internet
@@ -109,6 +117,56 @@ class ShimServerService(MultiService):
         MultiService.setServiceParent(self, parent)
         if isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.observer)
+
+    def startService(self):
+        """
+        Start the shim's services, and stop the process when the shim cannot start.
+        """
+        MultiService.startService(self)
+        shim = self.namedServices.get("shim")
+        if shim is not None:
+            shim.start_failed.addCallback(self.shim_failed)
+
+    def shim_failed(self, error):
+        """
+        The shim cannot start (C{error} says why, and the shim has logged it): say so
+        in one line on standard error, stop the reactor, and make the process exit
+        with status 1.
+        """
+        from twisted.internet import reactor
+
+        # twistd has made sys.stderr a log stream by now; the line goes to the
+        # process's own standard error, where configuration errors go too.
+        stream = sys.__stderr__
+        if stream is not None:
+            stream.write("shimserver: cannot start: %s\n" % (error,))
+            stream.flush()
+        _exit_status(1, [self.log_stream])
+        reactor.stop()
+        return error
+
+
+def _exit_status(status, streams=()):
+    """
+    Make the process exit with C{status} once the interpreter is finishing.
+
+    twistd runs the reactor, then removes its pid file and stops logging, then
+    returns, and its caller exits with status 0; nothing on the way lets a service
+    choose another status.  So this registers an L{atexit} handler, which runs after
+    all of that, that flushes C{streams} and the standard streams and ends the
+    process with C{status} at once.
+    """
+    def finish():
+        for stream in list(streams) + [sys.stdout, sys.stderr, sys.__stdout__,
+                                       sys.__stderr__]:
+            try:
+                if stream is not None and not stream.closed:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+
+    atexit.register(finish)
 
 
 def makeService(options):
