@@ -15,7 +15,7 @@ from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as webclient
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -44,6 +44,23 @@ _GATEWAY_CN_REFUSAL = b"CommonName of client sending a request against gateway"
 
 
 @implementer(IPolicyForHTTPS)
+class _QuietFactory(_HTTP11ClientFactory):
+    """
+    Twisted's HTTP client factory without its "Starting factory" log line, which
+    would otherwise be logged for every connection to etcd.
+    """
+
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    """
+    A connection pool whose connections are not announced in the log.
+    """
+
+    _factory = _QuietFactory
+
+
 class _TLSPolicy(object):
     """
     HTTPS policy for etcd endpoints: verify the server against C{ca_file} (or the
@@ -166,11 +183,11 @@ class EtcdClient(object):
         kwargs = {}
         if ca_file or cert_file:
             kwargs["contextFactory"] = _TLSPolicy(ca_file, cert_file, key_file)
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool = _QuietPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = self.maxPersistentPerHost
         self._pool.retryAutomatically = False
         self._http = HTTPClient(Agent(reactor, pool=self._pool, **kwargs))
-        self._stream_pool = HTTPConnectionPool(reactor, persistent=False)
+        self._stream_pool = _QuietPool(reactor, persistent=False)
         self._stream_http = HTTPClient(Agent(reactor, pool=self._stream_pool, **kwargs))
 
     def __repr__(self):

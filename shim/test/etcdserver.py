@@ -93,6 +93,17 @@ def b64(text):
     return base64.b64encode(text).decode()
 
 
+def _process_state(pid):
+    """
+    The state letter of process C{pid} from /proc (e.g. "S" sleeping, "T" stopped).
+    """
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 class EtcdServer(object):
     """
     One etcd process on free loopback ports with its own temporary directory
@@ -240,9 +251,18 @@ class EtcdServer(object):
         return self.start(wait)
 
     def pause(self):
-        """Freeze etcd (SIGSTOP): connections stay open, nothing is answered."""
+        """
+        Freeze etcd (SIGSTOP): connections stay open, nothing is answered.  Returns
+        once the kernel reports the process stopped, so that no request sent after
+        this call is answered before C{resume}.
+        """
         self._signal(signal.SIGSTOP)
         self.paused = True
+        deadline = time.time() + 5
+        while self.running and _process_state(self.process.pid) != "T":
+            if time.time() > deadline:
+                raise RuntimeError("%r did not stop on SIGSTOP" % (self,))
+            time.sleep(0.001)
 
     def resume(self):
         """Thaw etcd (SIGCONT)."""
