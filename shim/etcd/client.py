@@ -43,7 +43,6 @@ _PREFIXES = ("/v3", "/v3beta")
 _GATEWAY_CN_REFUSAL = b"CommonName of client sending a request against gateway"
 
 
-@implementer(IPolicyForHTTPS)
 class _QuietFactory(_HTTP11ClientFactory):
     """
     Twisted's HTTP client factory without its "Starting factory" log line, which
@@ -61,6 +60,7 @@ class _QuietPool(HTTPConnectionPool):
     _factory = _QuietFactory
 
 
+@implementer(IPolicyForHTTPS)
 class _TLSPolicy(object):
     """
     HTTPS policy for etcd endpoints: verify the server against C{ca_file} (or the
