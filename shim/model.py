@@ -57,9 +57,11 @@ class Port(ModelObject):
     A ProtonBasePort, with its binding state.
 
     @ivar binding: L{shim.portstate.UNBOUND}, C{BOUND} or C{INUSE}.
+    @ivar result: while the port is Bound, the C{vif_type} and C{vif_details} (JSON
+        text, as proton writes it) of the bind result this shim wrote; else C{None}.
     """
 
-    __slots__ = ("binding",)
+    __slots__ = ("binding", "result")
 
 
 _CLASSES = {
@@ -114,6 +116,7 @@ def decode(table, value, revision):
     obj.revision = revision
     if table == keys.PORT:
         obj.binding = UNBOUND
+        obj.result = None
     return obj
 
 

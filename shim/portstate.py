@@ -5,7 +5,10 @@ A port is C{Unbound}, C{Bound} (bound by this shim) or C{InUse} (bound by anothe
 controller).  Given a port's state and what changed, L{on_port_event} says what to do as a
 L{Transition}: the effects to carry out, in order, and the state that follows.  When the
 effects include L{BIND}, the state that follows depends on the backend's answer and is
-given by L{on_bind_outcome}.  The service carries the effects out; nothing here waits,
+given by L{on_bind_outcome}.  Effects named after a callback call the backend;
+L{WRITE_RESULT}, L{CLEAR_RESULT} (write C{{}}), L{RELEASE_RESULT} (write C{{}} once
+proton's wait for another controller's answer is over) and L{DELETE_RESULT} act on the
+port's bind result in etcd.  The service carries the effects out; nothing here waits,
 writes or logs, so every transition is tested by a table (see C{test_portstate}).
 """
 
@@ -22,6 +25,7 @@ MODIFY = "modify_port"
 DELETE = "delete_port"
 WRITE_RESULT = "write_result"
 CLEAR_RESULT = "clear_result"
+RELEASE_RESULT = "release_result"
 DELETE_RESULT = "delete_result"
 
 #: The attributes that make a port a bind request when both are non-empty.
@@ -75,8 +79,11 @@ def on_port_event(state, prev, new, is_our_host):
     ours = is_our_host(new.get("host_id"))
     if state == BOUND:
         if not ours:
-            # Migration to a host another controller serves.
-            return Transition(INUSE, (UNBIND, CLEAR_RESULT))
+            # Migration to a host another controller serves.  Proton is waiting for
+            # that controller's result on the same key and takes the first change it
+            # sees, so our "{}" must not come first: it is written once proton's wait
+            # is over, and only if the key still holds our result.
+            return Transition(INUSE, (UNBIND, RELEASE_RESULT))
         if prev is not None and _placement(prev) != _placement(new):
             # Moved to another of our hosts, or to another device: bind afresh.  The old
             # result stays until the new one replaces it, so proton never sees "{}".

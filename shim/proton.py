@@ -357,9 +357,9 @@ class ProtonClient:
           2. open a watch on it from that revision + 1, and wait until etcd confirmed
              it, so that the watch is open before the port is written;
           3. write the port with C{host_id} and C{device_id} set;
-          4. wait at most C{timeout} seconds for a change of the controller key that
-             carries a result; an empty C{{}} (a shim clearing its own earlier result)
-             is not an answer.
+          4. wait at most C{timeout} seconds for a change of the controller key: the
+             first change is the answer, as for proton, even an empty C{{}} (which
+             proton would copy as an empty C{vif_type}).
 
         @return: a Deferred firing with a L{BindOutcome}.
         """
@@ -374,10 +374,6 @@ class ProtonClient:
                 return
             if event.type != "PUT":
                 log.info("bind result {key} deleted while proton waits", key=ckey)
-                return
-            if decode_value(event.value) == {}:
-                # A shim clearing its earlier result (say, the one losing this port
-                # in a migration) is not an answer to this request.
                 return
             answered.callback(event.value)
 
@@ -425,19 +421,16 @@ class ProtonClient:
     @inlineCallbacks
     def _ensure_result_key(self, ckey):
         """
-        Create the controller key as C{{}} unless it exists; return its mod revision.
+        Create the controller key as C{{}} unless it exists; return the revision
+        after which a change of it answers this request.
         """
         txn = yield self.etcd.txn(
             compare=[Compare.create_revision(ckey, "==", 0)],
             success=[Op.put(ckey, b"{}")],
-            failure=[Op.get(ckey)],
         )
-        if txn.succeeded:
-            return txn.revision
-        kvs = _range_kvs(txn.responses[0]) if txn.responses else None
-        if kvs:
-            return kvs[0].mod_revision
-        # The key existed at the transaction's revision; anything after it is new.
+        # Whether it created the key or found it, anything after the transaction's
+        # revision is new.  (Watching from the key's own older mod revision would
+        # replay old changes, and fail once etcd has compacted past it.)
         return txn.revision
 
     @inlineCallbacks
@@ -468,16 +461,6 @@ class ProtonClient:
             for kv in found.kvs:
                 shown[kv.key] = decode_value(kv.value)
         return dict(sorted(shown.items()))
-
-
-def _range_kvs(response):
-    """
-    The key-values of a transaction's get response, whatever shape the client gives it.
-    """
-    kvs = getattr(response, "kvs", None)
-    if kvs is None and isinstance(response, dict):
-        kvs = response.get("kvs")
-    return kvs
 
 
 def _comma_list(value):
@@ -713,6 +696,11 @@ def run(client, args, out):
         if outcome.timed_out:
             out.write("timed out after %.1f s: no bind result for port %s\n"
                       % (args.timeout, args.port))
+            return 1
+        if not outcome.result.get("vif_type"):
+            out.write("the bind result of port %s changed to %s, without a vif_type: "
+                      "Nova would plug nothing\n"
+                      % (args.port, json.dumps(outcome.result)))
             return 1
         shown = {name: outcome.result.get(name)
                  for name in ("vif_type", "vif_details", "controller")}

@@ -59,6 +59,7 @@ class ResultWriter:
     Keeps each port's bind result in etcd as the service last asked, retrying failures.
 
     @ivar pending: port uuid to the latest operation asked and not yet done.
+    @ivar delayed: port uuid to the delayed call of a clear asked with a delay.
     """
 
     log = Logger()
@@ -71,6 +72,7 @@ class ResultWriter:
         self._backoff = backoff
         self.pending = {}
         self._running = set()
+        self.delayed = {}
         self._idle_waiters = []
         self._stopped = False
 
@@ -81,10 +83,19 @@ class ResultWriter:
         """
         self._want(uuid, (PUBLISH, encode_result(result, self._controller), on_written))
 
-    def clear(self, uuid):
+    def clear(self, uuid, delay=0):
         """
         Replace port C{uuid}'s bind result with C{{}}, if it names this controller.
+
+        @param delay: seconds to wait first; any other wish for the port meanwhile
+            replaces this one.
         """
+        if delay:
+            self._cancel_delayed(uuid)
+            self.delayed[uuid] = self._clock.callLater(
+                delay, self._want, uuid, (CLEAR, None, None)
+            )
+            return
         self._want(uuid, (CLEAR, None, None))
 
     def remove(self, uuid):
@@ -106,11 +117,20 @@ class ResultWriter:
 
     def stop(self):
         """
-        Give up retrying: pending writes are abandoned after their current attempt.
+        Give up retrying: pending writes are abandoned after their current attempt, and
+        delayed clears are dropped.
         """
         self._stopped = True
+        for uuid in list(self.delayed):
+            self._cancel_delayed(uuid)
+
+    def _cancel_delayed(self, uuid):
+        call = self.delayed.pop(uuid, None)
+        if call is not None and call.active():
+            call.cancel()
 
     def _want(self, uuid, operation):
+        self._cancel_delayed(uuid)
         self.pending[uuid] = operation
         if uuid not in self._running:
             self._running.add(uuid)

@@ -17,7 +17,7 @@ events would have caused.
 import json
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
@@ -36,6 +36,10 @@ DELETE = "DELETE"
 
 #: Errors that retrying cannot mend: at start-up they stop the shim.
 FATAL_AT_START = (AuthFailed, TLSFailed)
+
+#: Seconds after a port migrated to another controller's host before this shim
+#: clears its old bind result: proton waits about 8 seconds for the new one.
+RELEASE_DELAY = 10.0
 
 #: Seconds that stopping waits for running callbacks and result writes.
 STOP_TIMEOUT = 10.0
@@ -70,6 +74,7 @@ class ShimService(Service):
         )
         self.queues = SerialQueues()
         self.revision = 0
+        self.release_delay = RELEASE_DELAY
         self.ready = False
         self.not_ready_reason = "not started"
         self.cluster_id = None
@@ -124,7 +129,9 @@ class ShimService(Service):
         if self._loop is not None:
             yield self._loop
         # Let running callbacks and result writes finish, within limits.
-        settled = DeferredList([self.queues.idle(), self.results.idle()])
+        # The callbacks first: a bind that finishes asks for a result write.
+        settled = self.queues.idle()
+        settled.addCallback(lambda _: self.results.idle())
         settled.addTimeout(STOP_TIMEOUT, self.reactor)
         try:
             yield settled
@@ -480,7 +487,7 @@ class ShimService(Service):
         if port is not None:
             port.binding = transition.state
             if state == BOUND and transition.state != BOUND:
-                port["vif_type"] = port["vif_details"] = None
+                _forget_result(port)
         if not transition.effects:
             return None
         return self._carry_out(
@@ -583,6 +590,8 @@ class ShimService(Service):
                 yield self.backend.call("delete_port", about, uuid, model, prev)
             elif effect == portstate.CLEAR_RESULT:
                 self.results.clear(uuid)
+            elif effect == portstate.RELEASE_RESULT:
+                self.results.clear(uuid, delay=self.release_delay)
             elif effect == portstate.DELETE_RESULT:
                 self.results.remove(uuid)
 
@@ -609,8 +618,9 @@ class ShimService(Service):
         if port is not None:
             port.binding = outcome.state
             if accepted:
-                port["vif_type"] = result.get("vif_type")
-                port["vif_details"] = json.dumps(result.get("vif_details"))
+                _take_result(port, result)
+            elif prior == BOUND:
+                _forget_result(port)
         for effect in outcome.effects:
             if effect == portstate.WRITE_RESULT:
                 self.results.publish(
@@ -648,13 +658,31 @@ class ShimService(Service):
         self.metrics.ready.set(0)
 
 
+def _take_result(port, result):
+    """
+    Make C{result} (a bind result: C{vif_type}, C{vif_details}) the port's, and merge
+    its vif attributes into the port as proton would write them.
+    """
+    port.result = {
+        "vif_type": result.get("vif_type"),
+        "vif_details": json.dumps(result.get("vif_details")),
+    }
+    port.update(port.result)
+
+
 def _merge_result(port, value):
     """
-    Merge the C{vif_type} and C{vif_details} of a bind result's raw value into a port.
+    Make a bind result's raw value (as read from etcd) the port's.
     """
-    result = json.loads(value)
-    port["vif_type"] = result.get("vif_type")
-    port["vif_details"] = json.dumps(result.get("vif_details"))
+    _take_result(port, json.loads(value))
+
+
+def _forget_result(port):
+    """
+    The port is no longer bound by us: clear its vif attributes in the model.
+    """
+    port.result = None
+    port["vif_type"] = port["vif_details"] = None
 
 
 def _same(table, known, kv):
@@ -673,26 +701,27 @@ def _same(table, known, kv):
 
 def _keep_result(port, prev):
     """
-    Carry the vif attributes of a Bound port's result over to its new attributes, unless
-    the update sets them itself.
+    A Bound port's new row: carry its bind result over, and fill in the vif attributes
+    the row leaves empty from it.
     """
-    if prev is None:
-        return
-    for name in ("vif_type", "vif_details"):
-        if not port.get(name) and prev.get(name):
-            port[name] = prev[name]
+    result = port.result = prev.result if prev is not None else None
+    if result:
+        for name, value in result.items():
+            if not port.get(name):
+                port[name] = value
 
 
 def _result_of(port):
     """
-    The bind result a Bound port was given, from its merged vif attributes.
+    The bind result a Bound port was given.
     """
-    details = port.get("vif_details")
+    result = port.result or port
+    details = result.get("vif_details")
     try:
         details = json.loads(details) if isinstance(details, str) else details
     except ValueError:
         pass
-    return {"vif_type": port.get("vif_type"), "vif_details": details}
+    return {"vif_type": result.get("vif_type"), "vif_details": details}
 
 
 def _client_for(config, reactor):

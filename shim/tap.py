@@ -122,10 +122,13 @@ class ShimServerService(MultiService):
         """
         Start the shim's services, and stop the process when the shim cannot start.
         """
+        from twisted.internet import reactor
+
         MultiService.startService(self)
         shim = self.namedServices.get("shim")
         if shim is not None:
             shim.start_failed.addCallback(self.shim_failed)
+        reactor.addSystemEventTrigger("after", "shutdown", _stopped_cleanly, reactor)
 
     def shim_failed(self, error):
         """
@@ -144,6 +147,18 @@ class ShimServerService(MultiService):
         _exit_status(1, [self.log_stream])
         reactor.stop()
         return error
+
+
+def _stopped_cleanly(reactor):
+    """
+    The shim has shut down in order: let twistd exit with status 0.
+
+    After an orderly shutdown on SIGTERM or SIGINT, twistd sends the same signal to
+    itself again (from the reactor's C{_exitSignal}), so the process would end killed
+    by it; an operator or a supervisor asking the shim to stop expects 0.
+    """
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None
 
 
 def _exit_status(status, streams=()):

@@ -13,6 +13,7 @@ from shim.portstate import (
     DELETE_RESULT,
     INUSE,
     MODIFY,
+    RELEASE_RESULT,
     UNBIND,
     UNBOUND,
     WRITE_RESULT,
@@ -67,7 +68,7 @@ PORT_EVENTS = [
     (BOUND, ON_OURS, UNREQUESTED, UNBOUND, (UNBIND, CLEAR_RESULT), "unbind"),
     (BOUND, ON_OURS, NULLS, UNBOUND, (UNBIND, CLEAR_RESULT), "unbind by nulls"),
     (BOUND, ON_OURS, HOST_ONLY, UNBOUND, (UNBIND, CLEAR_RESULT), "device cleared"),
-    (BOUND, ON_OURS, ON_THEIRS, INUSE, (UNBIND, CLEAR_RESULT), "migration away"),
+    (BOUND, ON_OURS, ON_THEIRS, INUSE, (UNBIND, RELEASE_RESULT), "migration away"),
     (BOUND, ON_OURS, ON_OUR_OTHER_HOST, BOUND, (UNBIND, BIND), "moved to our other host"),
     (BOUND, ON_OURS, ON_OURS_OTHER_DEVICE, BOUND, (UNBIND, BIND), "attached elsewhere"),
     (BOUND, ON_OURS, ON_OURS_RENAMED, BOUND, (MODIFY,), "another attribute changed"),
@@ -99,7 +100,8 @@ class PortEventTests(SynchronousTestCase):
         pairs = {(row[0], row[3]) for row in PORT_EVENTS}
         effects = {e for row in PORT_EVENTS for e in row[4]}
         self.assertEqual(
-            effects, {BIND, UNBIND, MODIFY, DELETE, CLEAR_RESULT, DELETE_RESULT}
+            effects,
+            {BIND, UNBIND, MODIFY, DELETE, CLEAR_RESULT, RELEASE_RESULT, DELETE_RESULT},
         )
         self.assertTrue({(UNBOUND, INUSE), (INUSE, UNBOUND), (BOUND, UNBOUND),
                          (BOUND, INUSE), (BOUND, BOUND), (UNBOUND, None),

@@ -1,0 +1,185 @@
+"""
+An in-memory stand-in for the few L{shim.etcd.EtcdClient} calls that the bind-result
+writer (L{shim.results.ResultWriter}) makes: C{get}, C{put}, C{delete} and C{txn} with
+C{mod_revision}, C{version}, C{create_revision} and C{value} comparisons.
+
+This is pure logic for property tests of the service's decisions; anything that claims
+to work with etcd itself is tested against a real etcd (L{shim.test.etcdserver}).
+
+Two knobs let a test shake the writer:
+  - C{fail}: a callable C{(method, key)} returning an exception to fail that call with
+    (before it changes anything), or C{None} to let it through;
+  - C{hold}: when true, every call answers with an unfired Deferred and takes effect
+    only when the test releases it (L{FakeEtcd.release}), in whatever order the test
+    chooses, as concurrent requests reach etcd in no guaranteed order.
+"""
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from shim.etcd import DeleteResult, KeyValue, PutResult, RangeResult, TxnResult
+from shim.etcd.wire import key_bytes, key_str, prefix_end, unb64, value_bytes
+
+_COMPARISONS = {
+    "EQUAL": lambda a, b: a == b,
+    "NOT_EQUAL": lambda a, b: a != b,
+    "GREATER": lambda a, b: a > b,
+    "LESS": lambda a, b: a < b,
+}
+
+_TARGETS = {
+    "MOD": ("mod_revision", int),
+    "VERSION": ("version", int),
+    "CREATE": ("create_revision", int),
+    "VALUE": ("value", unb64),
+}
+
+
+class FakeEtcd:
+    """
+    A flat key space with revisions, answering like L{shim.etcd.EtcdClient}.
+
+    @ivar data: key (str) to L{KeyValue}.
+    @ivar revision: the store revision.
+    @ivar held: the calls waiting for L{release} in C{hold} mode, as C{(description,
+        Deferred, thunk)}.
+    @ivar calls: every call made, as C{(method, key)}.
+    """
+
+    cluster_id = "fake"
+
+    def __init__(self, fail=None, hold=False):
+        self.data = {}
+        self.revision = 1
+        self.fail = fail
+        self.hold = hold
+        self.held = []
+        self.calls = []
+        self.closed = False
+
+    # -- the client's calls
+
+    def get(self, key, prefix=False, revision=None, limit=0, keys_only=False):
+        return self._call("get", key, lambda: self._range(key, prefix))
+
+    def put(self, key, value, prev_kv=False, lease=0):
+        return self._call("put", key, lambda: self._put(key, value))
+
+    def delete(self, key, prefix=False, prev_kv=False):
+        return self._call("delete", key, lambda: self._delete(key, prefix))
+
+    def txn(self, compare=(), success=(), failure=()):
+        keys = ",".join(key_str(unb64(c["key"])) for c in compare)
+        return self._call("txn", keys, lambda: self._txn(compare, success, failure))
+
+    def close(self):
+        self.closed = True
+        return succeed(None)
+
+    # -- the test's controls
+
+    def value(self, key):
+        """
+        The value of C{key} (bytes), or C{None} when it does not exist.
+        """
+        kv = self.data.get(key)
+        return None if kv is None else kv.value
+
+    def release(self, index=0):
+        """
+        Let the held call at C{index} take effect and answer.
+        """
+        description, d, thunk = self.held.pop(index)
+        self._answer(d, description, thunk)
+
+    # -- inside
+
+    def _call(self, method, key, thunk):
+        self.calls.append((method, key))
+        if not self.hold:
+            return self._perform((method, key), thunk)
+        d = Deferred()
+        self.held.append(((method, key), d, thunk))
+        return d
+
+    def _perform(self, description, thunk):
+        if self.fail is not None:
+            error = self.fail(*description)
+            if error is not None:
+                return fail(error)
+        try:
+            return succeed(thunk())
+        except Exception:
+            return fail()
+
+    def _answer(self, d, description, thunk):
+        self._perform(description, thunk).chainDeferred(d)
+
+    def _range(self, key, prefix):
+        if prefix:
+            start = key_bytes(key)
+            end = prefix_end(start)
+            kvs = [
+                kv for k, kv in sorted(self.data.items())
+                if start <= key_bytes(k) < end
+            ]
+        else:
+            kvs = [self.data[key]] if key in self.data else []
+        return RangeResult(kvs, self.revision, False, len(kvs))
+
+    def _put(self, key, value):
+        value = value_bytes(value)
+        self.revision += 1
+        prev = self.data.get(key)
+        self.data[key] = KeyValue(
+            key, value,
+            prev.create_revision if prev is not None else self.revision,
+            self.revision,
+            prev.version + 1 if prev is not None else 1,
+            0,
+        )
+        return PutResult(self.revision, None)
+
+    def _delete(self, key, prefix):
+        if prefix:
+            start = key_bytes(key)
+            end = prefix_end(start)
+            doomed = [k for k in self.data if start <= key_bytes(k) < end]
+        else:
+            doomed = [key] if key in self.data else []
+        if doomed:
+            self.revision += 1
+            for k in doomed:
+                del self.data[k]
+        return DeleteResult(self.revision, len(doomed), [])
+
+    def _holds(self, compare):
+        key = key_str(unb64(compare["key"]))
+        field, convert = _TARGETS[compare["target"]]
+        wanted = convert(compare.get(field, ""))
+        kv = self.data.get(key)
+        if kv is None:
+            actual = b"" if field == "value" else 0
+        else:
+            actual = getattr(kv, field)
+        return _COMPARISONS[compare["result"]](actual, wanted)
+
+    def _txn(self, compare, success, failure):
+        succeeded = all(self._holds(c) for c in compare)
+        responses = []
+        for op in success if succeeded else failure:
+            responses.append(self._op(op))
+        return TxnResult(succeeded, self.revision, responses)
+
+    def _op(self, op):
+        if "request_put" in op:
+            body = op["request_put"]
+            return self._put(key_str(unb64(body["key"])), unb64(body.get("value")))
+        if "request_delete_range" in op:
+            body = op["request_delete_range"]
+            return self._delete(
+                key_str(unb64(body["key"])), "range_end" in body
+            )
+        if "request_range" in op:
+            body = op["request_range"]
+            return self._range(key_str(unb64(body["key"])), "range_end" in body)
+        raise ValueError("the fake etcd does not do %r" % (sorted(op),))
