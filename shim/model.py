@@ -20,11 +20,24 @@ from shim.portstate import UNBOUND
 #: The largest value the shim accepts for one object; a port row is about 1 KiB.
 MAX_VALUE_SIZE = 256 * 1024
 
-#: Values shorter than this are interned: "True", "ACTIVE", "1500", host names and the
+#: Values shorter than this are shared: "True", "ACTIVE", "1500", host names and the
 #: like repeat across thousands of ports, and sharing them halves the model's memory.
 _INTERN_BELOW = 24
 
 _intern = sys.intern
+_loads = json.loads
+
+#: The short values seen so far, each mapped to its one shared copy.  Looking a value up
+#: here is a third of the cost of checking its type and length and interning it, so the
+#: rows are learned from now and then (the first L{_LEARN_FIRST}, then one in
+#: L{_LEARN_EVERY}) and every row is mapped through it.  Bounded: unique short values
+#: (addresses, MACs) would otherwise make it grow with the number of ports.
+_short = {}
+_short_get = _short.get
+_SHORT_MAX = 1 << 16
+_LEARN_FIRST = 1024
+_LEARN_EVERY = 8
+_decoded = 0
 
 
 class BadValue(ValueError):
@@ -98,7 +111,7 @@ def decode(table, value, revision):
     except UnicodeDecodeError as e:
         raise BadValue("not UTF-8: %s" % (e,)) from None
     try:
-        row = json.loads(text)
+        row = _loads(text)
     except ValueError as e:
         raise BadValue("not JSON: %s" % (e,)) from None
     if type(row) is not dict:
@@ -107,17 +120,36 @@ def decode(table, value, revision):
         v = row.get(name)
         if v is not None and type(v) is not str:
             raise BadValue("attribute %r is %s, not a string" % (name, type(v).__name__))
-    obj = _CLASSES[table](
-        {
-            _intern(k): (_intern(v) if type(v) is str and len(v) < _INTERN_BELOW else v)
-            for k, v in row.items()
-        }
-    )
+    global _decoded
+    _decoded += 1
+    if _decoded <= _LEARN_FIRST or not _decoded % _LEARN_EVERY:
+        _learn(row)
+    try:
+        obj = _CLASSES[table]({_intern(k): _short_get(v, v) for k, v in row.items()})
+    except TypeError:
+        # A list or object value (unhashable): proton never writes one, but it is JSON.
+        obj = _CLASSES[table](
+            {
+                _intern(k): (_short_get(v, v) if type(v) is str else v)
+                for k, v in row.items()
+            }
+        )
     obj.revision = revision
     if table == keys.PORT:
         obj.binding = UNBOUND
         obj.result = None
     return obj
+
+
+def _learn(row):
+    """
+    Remember the short string values of C{row} that are new, up to L{_SHORT_MAX}.
+    """
+    if len(_short) >= _SHORT_MAX:
+        return
+    for v in row.values():
+        if type(v) is str and len(v) < _INTERN_BELOW and v not in _short:
+            _short[v] = _intern(v)
 
 
 def split_list(text):
@@ -152,6 +184,10 @@ class Changes:
         """
         prev = prev or {}
         new = new or {}
+        if prev.keys() == new.keys():
+            # The common case: an update that rewrites the same attributes.
+            changed_new = {k: v for k, v in new.items() if prev[k] != v}
+            return cls(changed_new, {k: prev[k] for k in changed_new})
         changed_new = {}
         changed_prev = {}
         for k, v in new.items():
@@ -270,6 +306,16 @@ class Model:
             index.setdefault(k, set()).add(member)
 
     def _index_vpn_port(self, name, prev, new):
+        if prev is None and new is not None:
+            # The common case (every VPNPort at start-up): a new member, nothing to move.
+            vpn = new.get("vpn_instance")
+            if vpn:
+                members = self._ports_by_vpn.get(vpn)
+                if members is None:
+                    self._ports_by_vpn[vpn] = {name}
+                else:
+                    members.add(name)
+            return
         old = (prev.get("vpn_instance"),) if prev is not None else ()
         cur = (new.get("vpn_instance"),) if new is not None else ()
         self._move(

@@ -149,7 +149,12 @@ class EtcdClient(object):
         seen, or None before any.
     """
 
-    maxPersistentPerHost = 8
+    #: Unary calls in flight at once; more wait for a turn.  A burst of calls (say
+    #: hundreds of bind results) then reuses this many kept-alive connections instead
+    #: of opening, and closing again, one connection per call, which costs etcd and
+    #: us more than the calls themselves.  Watches are not counted.
+    maxConcurrentCalls = 32
+    maxPersistentPerHost = 32
 
     def __init__(self, endpoints=("http://127.0.0.1:2379",), timeout=5.0,
                  username=None, password=None,
@@ -186,6 +191,7 @@ class EtcdClient(object):
         self._pool = _QuietPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = self.maxPersistentPerHost
         self._pool.retryAutomatically = False
+        self._slots = defer.DeferredSemaphore(self.maxConcurrentCalls)
         self._http = HTTPClient(Agent(reactor, pool=self._pool, **kwargs))
         self._stream_pool = _QuietPool(reactor, persistent=False)
         self._stream_http = HTTPClient(Agent(reactor, pool=self._stream_pool, **kwargs))
@@ -215,10 +221,23 @@ class EtcdClient(object):
         POST to one endpoint; fires with (HTTP code, body bytes). Connection
         problems become L{ConnectionFailed}, running out of time L{Timeout}.
         """
-        d = self._http.post(endpoint + path, data=data,
-                            headers=self._headers(use_token))
-        d.addCallback(lambda response: treq.content(response).addCallback(
-            lambda body: (response.code, body)))
+        slots = self._slots
+
+        def send(_):
+            sent = self._http.post(endpoint + path, data=data,
+                                   headers=self._headers(use_token))
+            sent.addCallback(lambda response: treq.content(response).addCallback(
+                lambda body: (response.code, body)))
+            return sent.addBoth(release)
+
+        def release(result):
+            slots.release()
+            return result
+
+        # Waiting for a turn counts against the time limit, and a cancelled wait
+        # leaves the queue.
+        d = slots.acquire()
+        d.addCallback(send)
         d.addTimeout(timeout, self._reactor)
 
         def failed(f):
@@ -423,7 +442,7 @@ class EtcdClient(object):
                           wire.decode_range)
 
     @inlineCallbacks
-    def get_all(self, prefix, revision=None, page_size=5000):
+    def get_all(self, prefix, revision=None, page_size=5000, on_page=None):
         """
         Read a whole prefix in pages of C{page_size}, every page at the revision
         of the first (or C{revision}), so the result is one consistent snapshot.
@@ -432,12 +451,20 @@ class EtcdClient(object):
         The request for the next page goes out before the current one is decoded,
         so that etcd prepares it while this process decodes: at 100,000 keys
         etcd's work and ours are each about half of the time.
+
+        @param on_page: if given, called with each page (a list of L{wire.KeyValue},
+            in key order) as soon as it is decoded, while etcd prepares the next
+            one, so that a caller can digest a large prefix while it arrives; the
+            result's C{kvs} is then empty and its C{count} the number of keys read.
+            An exception from C{on_page} ends the read with that exception.
         """
         raw = wire.key_bytes(prefix)
         end = wire.prefix_end(raw)
         pinned = revision
         kvs = []
+        count = 0
         call = "get_all %r" % (prefix,)
+        take = on_page if on_page is not None else kvs.extend
 
         def fetch(start):
             return self._call(
@@ -450,6 +477,7 @@ class EtcdClient(object):
             if not pinned:
                 pinned = wire.header_revision(message)
             page = message.get("kvs") or ()
+            count += len(page)
             following = None
             if page and message.get("more", False):
                 following = fetch(wire.unb64(page[-1]["key"]) + b"\0")
@@ -457,17 +485,17 @@ class EtcdClient(object):
                     # Let the reactor send the request before we decode.
                     yield _next_turn(self._reactor)
                     yield _next_turn(self._reactor)
-                    kvs.extend(wire.decode_kvs(page))
+                    take(wire.decode_kvs(page))
                 except BaseException:
                     following.addErrback(lambda _: None)
                     raise
-            else:
-                kvs.extend(wire.decode_kvs(page))
+            elif page or on_page is None:
+                take(wire.decode_kvs(page))
             message = page = None
             if following is None:
                 break
             message = yield following
-        returnValue(wire.RangeResult(kvs, pinned, False, len(kvs)))
+        returnValue(wire.RangeResult(kvs, pinned, False, count))
 
     def put(self, key, value, prev_kv=False, lease=0):
         """Write a key -> L{wire.PutResult}."""

@@ -304,21 +304,28 @@ def decode_kv(kv):
         int(get("lease", 0)))
 
 
+#: Builds a namedtuple without the Python-level C{__new__} the class call goes through.
+_new_tuple = tuple.__new__
+
+
 def decode_kvs(kvs):
     """A list of KeyValue, lean: this is the hot loop of a full resync."""
     a2b = _a2b
+    new = _new_tuple
+    cls = KeyValue
     out = []
     append = out.append
     for kv in kvs:
         get = kv.get
         value = get("value")
-        append(KeyValue(
+        lease = get("lease")
+        append(new(cls, (
             a2b(kv["key"]).decode("utf-8", "surrogateescape"),
             a2b(value) if value else b"",
             int(get("create_revision", 0)),
             int(get("mod_revision", 0)),
             int(get("version", 0)),
-            int(get("lease", 0))))
+            int(lease) if lease else 0)))
     return out
 
 
@@ -375,6 +382,8 @@ def decode_watch_events(events):
     this runs for every change the shim applies.
     """
     a2b = _a2b
+    new = _new_tuple
+    cls = WatchEvent
     out = []
     append = out.append
     for event in events:
@@ -382,13 +391,13 @@ def decode_watch_events(events):
         prev = event.get("prev_kv")
         if event.get("type", "PUT") == "PUT":
             value = kv.get("value")
-            append(WatchEvent(
+            append(new(cls, (
                 "PUT", a2b(kv["key"]).decode("utf-8", "surrogateescape"),
                 a2b(value) if value else b"", int(kv["mod_revision"]),
-                (a2b(prev["value"]) if "value" in prev else b"") if prev else None))
+                (a2b(prev["value"]) if "value" in prev else b"") if prev else None)))
         else:
-            append(WatchEvent(
+            append(new(cls, (
                 "DELETE", a2b(kv["key"]).decode("utf-8", "surrogateescape"),
                 None, int(kv["mod_revision"]),
-                (a2b(prev["value"]) if "value" in prev else b"") if prev else None))
+                (a2b(prev["value"]) if "value" in prev else b"") if prev else None)))
     return out
