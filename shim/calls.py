@@ -4,11 +4,12 @@ Calling the vendor's backend.
 Every callback may return a plain value or a Deferred.  L{BackendCaller} gives each call
 a time limit, logs an exception, a failed Deferred or a time-out with the callback's name
 and the object it was about, counts the outcome, and hands the caller a result that never
-fails: C{(True, value)} or C{(False, None)}.  A misbehaving backend therefore never stops
-the shim nor corrupts its model.
+fails: C{(True, value)} or C{(False, None)}, at once when the callback answered at once.
+A misbehaving backend therefore never stops the shim nor corrupts its model.
 """
 
-from twisted.internet.defer import CancelledError, TimeoutError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 OK = "ok"
@@ -35,18 +36,25 @@ class BackendCaller:
         Call C{backend.<callback>(*args)}.
 
         @param about: what the call is about, for the log (e.g. C{"port <uuid>"}).
-        @return: a Deferred firing with C{(True, value)}, or C{(False, None)} when the
-            callback raised, failed or did not answer within the time limit.
+        @return: C{(True, value)}, or C{(False, None)} when the callback raised,
+            failed or did not answer within the time limit; a Deferred firing with
+            that when the callback returned a Deferred that has not fired yet.  (Most
+            callbacks answer at once, and the event path then costs no Deferred.)
         """
         started = self._clock.seconds()
-        d = maybeDeferred(getattr(self.backend, callback), *args)
-        if not d.called:
-            d.addTimeout(self.timeout, self._clock)
-        d.addCallbacks(
+        try:
+            value = getattr(self.backend, callback)(*args)
+        except Exception:
+            return self._failed(Failure(), callback, about, started)
+        if not isinstance(value, Deferred):
+            return self._succeeded(value, callback, started)
+        if not value.called:
+            value.addTimeout(self.timeout, self._clock)
+        value.addCallbacks(
             self._succeeded, self._failed,
             callbackArgs=(callback, started), errbackArgs=(callback, about, started),
         )
-        return d
+        return value
 
     def _succeeded(self, value, callback, started):
         # An empty answer to bind_port is the backend refusing the port.

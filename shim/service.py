@@ -65,6 +65,7 @@ class ShimService(Service):
         self.model = Model()
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.watch_model(self.model)
+        self.metrics.revision.set_function(lambda: self.revision)
         self.client = client if client is not None else _client_for(config, reactor)
         self.backend = BackendCaller(
             backend, config.backend_timeout, reactor, self.metrics
@@ -275,50 +276,61 @@ class ShimService(Service):
 
     def _on_watch_event(self, event):
         self.revision = event.mod_revision
-        self.metrics.revision.set(event.mod_revision)
         self.apply(event.type, event.key, event.value, event.mod_revision)
 
     def _on_progress(self, revision):
         if revision > self.revision:
             self.revision = revision
-            self.metrics.revision.set(revision)
 
     @inlineCallbacks
     def _synchronise(self, cause):
         """
-        Read C{/proton/} and the bind results at one revision and bring the model to it.
+        Read the bind results and C{/proton/} at one revision and bring the model to
+        it.  The objects are read table by table, in the order of L{keys.TABLES}
+        (what a port's bind depends on first), and each page is applied while etcd
+        prepares the next one.
         """
         first = not self._synchronised
         started = self.reactor.seconds()
         self._set_not_ready("synchronising (%s)" % (cause,))
         status = yield self.client.status()
-        proton = yield self.client.get_all(keys.PROTON_PREFIX)
-        results = yield self.client.get_all(
-            keys.RESULT_PREFIX, revision=proton.revision
-        )
+        results = yield self.client.get_all(keys.RESULT_PREFIX)
+        revision = results.revision
         if self.cluster_id is not None and status.cluster_id != self.cluster_id:
             # A restored cluster may number its revisions differently: compare values.
             for table in keys.TABLES:
                 for obj in self.model.table(table).values():
                     obj.revision = 0
         self.cluster_id = status.cluster_id
-        self._restored = {}
         self.metrics.child(self.metrics.resyncs, cause).inc()
         ours = self._our_results(results.kvs)
+        # At start-up, the ports bound by us come back Bound, without a new bind_port,
+        # when their row is applied.
+        self._restored = dict(ours) if first else {}
+        present = {}
+        objects = 0
+        for table in keys.TABLES:
+            present[table] = names = set()
+            read = yield self.client.get_all(
+                keys.proton_key(table, ""), revision=revision,
+                on_page=lambda page, table=table, names=names: self._reconcile_page(
+                    table, page, names
+                ),
+            )
+            objects += read.count
+        self._reconcile_deletions(present, revision)
         if first:
-            self._restore_bindings(proton.kvs, ours)
-        self._reconcile(proton.kvs, proton.revision)
-        if not first:
+            self._forget_departed_ports(ours, present[keys.PORT])
+        else:
             # After the snapshot is applied, so that a port deleted or unbound
             # meanwhile does not get its result written again.
             self._repair_results(ours)
-        self.revision = proton.revision
-        self.metrics.revision.set(proton.revision)
+        self.revision = revision
         self._synchronised = True
         self.log.info(
             "synchronised ({cause}): {objects} objects at revision {revision} in "
             "{elapsed:.2f}s, etcd {version}",
-            cause=cause, objects=len(proton.kvs), revision=proton.revision,
+            cause=cause, objects=objects, revision=revision,
             elapsed=self.reactor.seconds() - started, version=status.version,
         )
 
@@ -333,21 +345,11 @@ class ShimService(Service):
                 ours[uuid] = kv.value
         return ours
 
-    def _restore_bindings(self, kvs, ours):
+    def _forget_departed_ports(self, ours, present):
         """
-        At start-up, remember the ports that have a bind result of ours: they come back
-        Bound, without a new C{bind_port}, when their row is applied.  Remove our results
-        of ports that no longer exist.
+        At start-up, remove our bind results of ports that were deleted while the shim
+        was away, and tell the backend they are gone.
         """
-        present = set()
-        for kv in kvs:
-            try:
-                table, uuid = keys.parse_proton_key(kv.key)
-            except ValueError:
-                continue
-            if table == keys.PORT:
-                present.add(uuid)
-        self._restored = {u: v for u, v in ours.items() if u in present}
         for uuid in ours:
             if uuid not in present:
                 self.log.info(
@@ -374,33 +376,34 @@ class ShimService(Service):
                 )
                 self.results.publish(uuid, _result_of(port))
 
-    def _reconcile(self, kvs, revision):
+    def _reconcile_page(self, table, kvs, present):
         """
-        Turn the differences between the model and a snapshot of C{/proton/} taken at
-        C{revision} into the events that would have caused them: a PUT for each object
-        that is new or changed, a DELETE for each one that is gone.
+        Turn the differences between the model and a page of a snapshot of C{table}
+        into the events that would have caused them: a PUT for each object that is new
+        or changed.  The names seen are added to C{present}.
         """
-        by_table = {table: [] for table in keys.TABLES}
-        present = {table: set() for table in keys.TABLES}
+        prefix = len(keys.proton_key(table, ""))
+        objects = self.model.table(table)
         for kv in kvs:
-            try:
-                table, name = keys.parse_proton_key(kv.key)
-            except ValueError:
-                self.apply(PUT, kv.key, kv.value, kv.mod_revision)
+            name = kv.key[prefix:]
+            if not name or "/" in name:
+                self.apply(PUT, kv.key, kv.value, kv.mod_revision)  # logs the bad key
                 continue
-            present[table].add(name)
-            by_table[table].append((name, kv))
-        for table in keys.TABLES:
-            objects = self.model.table(table)
-            for name, kv in by_table[table]:
-                known = objects.get(name)
-                if known is not None and known.revision == kv.mod_revision:
-                    continue
-                if known is not None and not known.revision and _same(table, known, kv):
-                    # Renumbered by another cluster, unchanged: nothing to call.
-                    known.revision = kv.mod_revision
-                    continue
-                self.apply(PUT, kv.key, kv.value, kv.mod_revision)
+            present.add(name)
+            known = objects.get(name)
+            if known is not None and known.revision == kv.mod_revision:
+                continue
+            if known is not None and not known.revision and _same(table, known, kv):
+                # Renumbered by another cluster, unchanged: nothing to call.
+                known.revision = kv.mod_revision
+                continue
+            self.apply(PUT, kv.key, kv.value, kv.mod_revision)
+
+    def _reconcile_deletions(self, present, revision):
+        """
+        A DELETE, at the snapshot's C{revision}, for each object of the model that
+        the snapshot does not have (ports first: they depend on the others).
+        """
         for table in reversed(keys.TABLES):
             gone = [n for n in self.model.table(table) if n not in present[table]]
             for name in gone:
@@ -572,28 +575,50 @@ class ShimService(Service):
 
     # -- carrying out transitions
 
-    @inlineCallbacks
-    def _carry_out(self, uuid, prior, transition, prev, port, changes):
+    def _carry_out(self, uuid, prior, transition, prev, port, changes, start=0):
         """
-        Carry out a transition's effects in order, waiting for each backend call.
+        Carry out a transition's effects in order from C{start}, waiting for each
+        backend call that answers with a Deferred.
+
+        @return: C{None} when every effect is done, or a Deferred firing when they are.
         """
-        about = "port %s" % (uuid,)
-        model = self.model
-        for effect in transition.effects:
-            if effect == BIND:
-                yield self._bind(uuid, prior, changes)
-            elif effect == portstate.UNBIND:
-                yield self.backend.call("unbind_port", about, uuid, model, changes)
-            elif effect == portstate.MODIFY:
-                yield self.backend.call("modify_port", about, uuid, model, changes)
-            elif effect == portstate.DELETE:
-                yield self.backend.call("delete_port", about, uuid, model, prev)
-            elif effect == portstate.CLEAR_RESULT:
-                self.results.clear(uuid)
-            elif effect == portstate.RELEASE_RESULT:
-                self.results.clear(uuid, delay=self.release_delay)
-            elif effect == portstate.DELETE_RESULT:
-                self.results.remove(uuid)
+        effects = transition.effects
+        for i in range(start, len(effects)):
+            done = self._effect(effects[i], uuid, prior, prev, changes)
+            if isinstance(done, Deferred):
+                return done.addCallback(
+                    lambda _, i=i: self._carry_out(
+                        uuid, prior, transition, prev, port, changes, i + 1
+                    )
+                )
+        return None
+
+    def _effect(self, effect, uuid, prior, prev, changes):
+        """
+        Carry out one effect of a port transition; return what the backend call
+        returned, if any.
+        """
+        if effect == BIND:
+            return self._bind(uuid, prior, changes)
+        if effect == portstate.UNBIND:
+            return self.backend.call(
+                "unbind_port", "port " + uuid, uuid, self.model, changes
+            )
+        if effect == portstate.MODIFY:
+            return self.backend.call(
+                "modify_port", "port " + uuid, uuid, self.model, changes
+            )
+        if effect == portstate.DELETE:
+            return self.backend.call(
+                "delete_port", "port " + uuid, uuid, self.model, prev
+            )
+        if effect == portstate.CLEAR_RESULT:
+            self.results.clear(uuid)
+        elif effect == portstate.RELEASE_RESULT:
+            self.results.clear(uuid, delay=self.release_delay)
+        elif effect == portstate.DELETE_RESULT:
+            self.results.remove(uuid)
+        return None
 
     @inlineCallbacks
     def _bind(self, uuid, prior, changes):
