@@ -74,6 +74,18 @@ def free_port():
         s.close()
 
 
+def refused_url(testcase):
+    """
+    An http URL on loopback that refuses connections for the rest of C{testcase}: its
+    port is held by a bound socket that does not listen, so no other process (tests
+    run in parallel) can start answering there.
+    """
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    testcase.addCleanup(holder.close)
+    return "http://127.0.0.1:%d" % (holder.getsockname()[1],)
+
+
 def _post(url, body, timeout=2.0, ssl_context=None):
     """Blocking JSON POST; returns the decoded answer (error answers too)."""
     request = urllib.request.Request(url, data=json.dumps(body).encode(),

@@ -11,7 +11,7 @@ from shim.etcd import (
     AuthFailed, Compacted, Compare, ConnectionFailed, EtcdClient, EtcdError,
     NotFound, Op, RequestTooLarge, Timeout, wire)
 from shim.etcd.errors import error_from_status
-from shim.test.etcdserver import EtcdServerMixin, b64, free_port
+from shim.test.etcdserver import EtcdServerMixin, b64, refused_url
 
 
 def sleep(seconds):
@@ -236,7 +236,7 @@ class ClientTests(EtcdServerMixin, TestCase):
 
     @inlineCallbacks
     def test_failover(self):
-        dead = "http://127.0.0.1:%d" % (free_port(),)
+        dead = refused_url(self)
         client = self.make_client([dead, self.etcd.client_url])
         status = yield client.status()
         self.assertEqual(status.version, "%d.%d.%d" % self.etcd.version)
@@ -246,7 +246,7 @@ class ClientTests(EtcdServerMixin, TestCase):
 
     @inlineCallbacks
     def test_no_endpoint(self):
-        dead = ["http://127.0.0.1:%d" % (free_port(),) for _ in range(2)]
+        dead = [refused_url(self) for _ in range(2)]
         client = self.make_client(dead)
         error = yield self.assertFailure(client.get("k"), ConnectionFailed)
         for endpoint in dead:

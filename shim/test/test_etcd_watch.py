@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from shim.etcd import ConnectionFailed, WatchEvent, WatchStreamParser
 from shim.etcd.watch import Watch
-from shim.test.etcdserver import EtcdServerMixin, b64, free_port
+from shim.test.etcdserver import EtcdServerMixin, b64, refused_url
 
 
 def sleep(seconds):
@@ -247,7 +247,7 @@ class WatchTests(EtcdServerMixin, TestCase):
 
     @inlineCallbacks
     def test_refused(self):
-        client = self.make_client(["http://127.0.0.1:%d" % (free_port(),)])
+        client = self.make_client([refused_url(self)])
         watch = client.watch("/x/", 1, lambda e: None)
         yield self.assertFailure(watch.started, ConnectionFailed)
         ended = yield watch.done
