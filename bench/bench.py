@@ -428,8 +428,8 @@ def child_events(reactor, params):
     class PinnedClient(EtcdClient):
         """The shim's client, reading /proton/ at the revision before the backlog."""
 
-        def get_all(self, prefix, revision=None, page_size=1000):
-            return EtcdClient.get_all(self, prefix, revision or base, page_size)
+        def get_all(self, prefix, revision=None, **kwargs):
+            return EtcdClient.get_all(self, prefix, revision or base, **kwargs)
 
         def watch(self, *args, **kwargs):
             marks.setdefault("watch", time.perf_counter())
