@@ -20,11 +20,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from shim import keys, portstate
 from shim.backoff import Backoff
 from shim.calls import BackendCaller
-from shim.etcd import AuthFailed, EtcdClient, TLSFailed
+from shim.etcd import AuthFailed, EtcdClient, EtcdError, TLSFailed
 from shim.metrics import Metrics
 from shim.model import BadValue, Changes, Model, Port, decode
 from shim.portstate import BIND, BOUND, UNBOUND
@@ -190,11 +191,19 @@ class ShimService(Service):
                     self.start_failed.callback(e)
                     break
                 delay = backoff.next_delay()
-                self._set_not_ready("etcd unavailable: %s" % (e,))
-                self.log.warn(
-                    "etcd unavailable ({error}); retrying in {delay:.1f}s",
-                    error=e, delay=delay,
-                )
+                if isinstance(e, EtcdError):
+                    self._set_not_ready("etcd unavailable: %s" % (e,))
+                    self.log.warn(
+                        "etcd unavailable ({error}); retrying in {delay:.1f}s",
+                        error=e, delay=delay,
+                    )
+                else:
+                    # Not etcd's doing: a defect, logged with its traceback.
+                    self._set_not_ready("synchronisation failed: %r" % (e,))
+                    self.log.failure(
+                        "synchronising with etcd failed; retrying in {delay:.1f}s",
+                        Failure(), delay=delay,
+                    )
                 yield self._pause(delay)
                 continue
             if self._confirmed:
