@@ -486,9 +486,12 @@ class EtcdClient(object):
                     yield _next_turn(self._reactor)
                     yield _next_turn(self._reactor)
                     take(wire.decode_kvs(page))
-                except BaseException:
-                    following.addErrback(lambda _: None)
-                    raise
+                except Exception:
+                    failure = Failure()
+                    # The caller gives up: let the read of the next page end (its
+                    # answer dropped), so that nothing is left running.
+                    yield following.addErrback(lambda _: None)
+                    failure.raiseException()
             elif page or on_page is None:
                 take(wire.decode_kvs(page))
             message = page = None

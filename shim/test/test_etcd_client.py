@@ -235,6 +235,29 @@ class ClientTests(EtcdServerMixin, TestCase):
         self.assertEqual(len(everything.kvs), 6)
 
     @inlineCallbacks
+    def test_get_all_on_page(self):
+        """
+        With on_page, each page is handed over in key order as it arrives; the result
+        counts the keys and carries the pinned revision; an exception from on_page
+        ends the read with it.
+        """
+        client = self.make_client()
+        yield fill(client, "/p/", 7)
+        pages = []
+        result = yield client.get_all("/p/", page_size=3, on_page=pages.append)
+        self.assertEqual([len(p) for p in pages], [3, 3, 1])
+        self.assertEqual([kv.key for p in pages for kv in p],
+                         ["/p/%06d" % i for i in range(7)])
+        self.assertEqual((result.kvs, result.count), ([], 7))
+        self.assertEqual(result.revision, max(kv.mod_revision for p in pages for kv in p))
+
+        def refuse(page):
+            raise ValueError("no, thanks")
+
+        yield self.assertFailure(
+            client.get_all("/p/", page_size=3, on_page=refuse), ValueError)
+
+    @inlineCallbacks
     def test_failover(self):
         dead = refused_url(self)
         client = self.make_client([dead, self.etcd.client_url])
