@@ -90,6 +90,22 @@ class RecordingBackend:
         )
 
 
+def port_attrs(uuid, host="", device="", **more):
+    """
+    A port's full attribute set as proton writes it; C{more} overrides attributes.
+    """
+    attrs = {
+        "id": uuid, "name": "port " + uuid, "tenant_id": "t1", "network_id": "n1",
+        "mac_address": "fa:16:3e:00:00:01", "admin_state_up": "True",
+        "device_owner": "compute:nova", "device_id": device, "status": "DOWN",
+        "vnic_type": "normal", "host_id": host, "vif_details": None, "profile": None,
+        "vif_type": None, "zone": None, "ipaddress": "10.0.0.5", "subnet_prefix": "24",
+        "gateway": "10.0.0.1", "mtu": "1500", "vlan_transparency": "False",
+    }
+    attrs.update(more)
+    return attrs
+
+
 def write_config(directory, endpoints, controller="SimServer", hosts="compute1, compute2",
                  backend="dummy", extra=""):
     """

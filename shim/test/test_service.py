@@ -15,6 +15,7 @@ from shim.test.support import (
     VIF,
     RecordingBackend,
     ShimRunner,
+    port_attrs,
     read_result,
     sleep,
     wait_for,
@@ -22,19 +23,6 @@ from shim.test.support import (
 
 VPN = "vpn-1"
 RT = "100:1"
-
-
-def port_attrs(uuid, host="", device="", **more):
-    attrs = {
-        "id": uuid, "name": "port " + uuid, "tenant_id": "t1", "network_id": "n1",
-        "mac_address": "fa:16:3e:00:00:01", "admin_state_up": "True",
-        "device_owner": "compute:nova", "device_id": device, "status": "DOWN",
-        "vnic_type": "normal", "host_id": host, "vif_details": None, "profile": None,
-        "vif_type": None, "zone": None, "ipaddress": "10.0.0.5", "subnet_prefix": "24",
-        "gateway": "10.0.0.1", "mtu": "1500", "vlan_transparency": "False",
-    }
-    attrs.update(more)
-    return attrs
 
 
 class ServiceTestCase(TestCase):
