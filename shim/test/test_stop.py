@@ -11,6 +11,7 @@ This module also holds L{SlowBackend}, the backend the twistd process is configu
 with by import path (C{shim.test.test_stop:SlowBackend}) to have a bind in flight.
 """
 
+import json
 import os
 import sys
 
@@ -26,7 +27,7 @@ from shim import keys
 from shim.etcd import EtcdClient
 from shim.plugins.dummy import DummyBackend
 from shim.proton import ProtonClient
-from shim.test.etcdserver import start_etcd
+from shim.test.etcdserver import refused_url, start_etcd
 from shim.test.support import read_result, write_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -155,9 +156,9 @@ class ShimProcess(ProcessProtocol):
         return d
 
 
-class StopTests(TestCase):
+class TwistdTestCase(TestCase):
     """
-    C{twistd -n shimserver} against a real etcd, stopped by a signal.
+    Runs C{twistd -n shimserver} as a real process against a real etcd.
     """
 
     timeout = 180
@@ -172,17 +173,19 @@ class StopTests(TestCase):
         os.makedirs(self.directory)
         yield self.client.status()
 
-    def start_shim(self, backend="dummy", backend_options=None):
+    def start_shim(self, backend="dummy", backend_options=None, arguments=(),
+                   endpoints=None):
         """
-        Start the shim process with a config file for this test's etcd; return its
-        L{ShimProcess}.  It is killed at the end of the test if it still runs.
+        Start the shim process with a config file for this test's etcd (or
+        C{endpoints}); return its L{ShimProcess}.  C{arguments} go to the shimserver
+        plugin.  It is killed at the end of the test if it still runs.
         """
         extra = ""
         if backend_options:
             extra = "[backend]\n" + "".join(
                 "%s = %s\n" % item for item in sorted(backend_options.items()))
         path = write_config(
-            self.directory, [self.etcd.client_url], controller=CONTROLLER,
+            self.directory, endpoints or [self.etcd.client_url], controller=CONTROLLER,
             hosts="compute1", backend=backend, extra=extra,
         )
         executable, prefix = twistd_command()
@@ -192,7 +195,8 @@ class StopTests(TestCase):
         process = ShimProcess()
         transport = reactor.spawnProcess(
             process, executable,
-            [executable] + prefix + ["-n", "--pidfile=", "shimserver", "--config", path],
+            [executable] + prefix
+            + ["-n", "--pidfile=", "shimserver", "--config", path] + list(arguments),
             env=env, path=REPO,
         )
         self.addCleanup(self._kill, process, transport)
@@ -203,6 +207,13 @@ class StopTests(TestCase):
             transport.signalProcess("KILL")
             return process.ended
         return None
+
+
+
+class StopTests(TwistdTestCase):
+    """
+    C{twistd -n shimserver} against a real etcd, stopped by a signal.
+    """
 
     def assert_stopped_cleanly(self, process, signal):
         """
@@ -278,3 +289,46 @@ class StopTests(TestCase):
         self.assertEqual(outcome.result, result)
         port = yield self.proton.get_object(keys.PORT, "p1")
         self.assertEqual(port["vif_type"], "ovs")
+
+
+class LogOptionTests(TwistdTestCase):
+    """
+    The log options of a real C{twistd -n shimserver}.
+    """
+
+    @inlineCallbacks
+    def test_json_lines(self):
+        """
+        With C{--log-format json} every line of the output is one JSON object, the
+        shim's messages among them.
+        """
+        process, transport = self.start_shim(arguments=["--log-format", "json"])
+        yield process.wait_for("shim ready")
+        transport.signalProcess("TERM")
+        yield process.finished()
+        lines = [line for line in process.text().splitlines() if line.strip()]
+        events = [json.loads(line) for line in lines]
+        self.assertTrue(all(isinstance(event, dict) for event in events))
+        formats = [event.get("log_format", "") for event in events]
+        self.assertTrue(any(f.startswith("shim ready") for f in formats), formats)
+
+    @inlineCallbacks
+    def test_log_level(self):
+        """
+        C{--log-level error} hides the warnings an unreachable etcd causes, which the
+        default level shows.
+        """
+        nowhere = [refused_url(self)]
+        shown, transport = self.start_shim(endpoints=nowhere)
+        yield shown.wait_for("etcd unavailable")
+        transport.signalProcess("TERM")
+        yield shown.finished()
+        hidden, transport = self.start_shim(
+            endpoints=nowhere, arguments=["--log-level", "error"])
+        # Long enough for several attempts (the first retry comes within 0.2 s).
+        yield deferLater(reactor, 3.0, lambda: None)
+        transport.signalProcess("TERM")
+        yield hidden.finished()
+        self.assertNotIn("etcd unavailable", hidden.text())
+        self.assertNotIn("starting: hosts", hidden.text())
+        self.assertIn("starting: hosts", shown.text())
