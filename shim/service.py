@@ -278,6 +278,9 @@ class ShimService(Service):
         self._set_ready()
 
     def _watch_ended(self, ended):
+        if ended.reason in ("connection_lost", "idle") and self._watch is not None:
+            # Resume on the next endpoint first: this one may be the member that died.
+            self.client.skip_endpoint(self._watch.endpoint)
         self._watch = None
         self._set_not_ready("watch ended: %s" % (ended.reason,))
         self.metrics.child(self.metrics.reconnects, ended.reason).inc()
@@ -294,17 +297,26 @@ class ShimService(Service):
     @inlineCallbacks
     def _synchronise(self, cause):
         """
-        Read the bind results and C{/proton/} at one revision and bring the model to
-        it.  The objects are read table by table, in the order of L{keys.TABLES}
-        (what a port's bind depends on first), and each page is applied while etcd
-        prepares the next one.
+        Read C{/proton/} at one revision and bring the model to it.  The objects are
+        read table by table, in the order of L{keys.TABLES} (what a port's bind
+        depends on first), and each page is applied while etcd prepares the next one.
+        At start-up the bind results are read first, at the same revision, to know
+        which ports this shim had bound; on a resynchronisation they are read last,
+        to write again those of Bound ports that went missing.
         """
         first = not self._synchronised
         started = self.reactor.seconds()
         self._set_not_ready("synchronising (%s)" % (cause,))
         status = yield self.client.status()
-        results = yield self.client.get_all(keys.RESULT_PREFIX)
-        revision = results.revision
+        if first:
+            results = yield self.client.get_all(keys.RESULT_PREFIX)
+            revision = results.revision
+            ours = self._our_results(results.kvs)
+        else:
+            probe = yield self.client.get(
+                keys.PROTON_PREFIX, prefix=True, limit=1, keys_only=True
+            )
+            revision = probe.revision
         if self.cluster_id is not None and status.cluster_id != self.cluster_id:
             # A restored cluster may number its revisions differently: compare values.
             for table in keys.TABLES:
@@ -312,7 +324,6 @@ class ShimService(Service):
                     obj.revision = 0
         self.cluster_id = status.cluster_id
         self.metrics.child(self.metrics.resyncs, cause).inc()
-        ours = self._our_results(results.kvs)
         # At start-up, the ports bound by us come back Bound, without a new bind_port,
         # when their row is applied.
         self._restored = dict(ours) if first else {}
@@ -331,9 +342,11 @@ class ShimService(Service):
         if first:
             self._forget_departed_ports(ours, present[keys.PORT])
         else:
-            # After the snapshot is applied, so that a port deleted or unbound
-            # meanwhile does not get its result written again.
-            self._repair_results(ours)
+            # Read after the snapshot is applied, so that a port deleted or unbound
+            # meanwhile does not get its result written again, and a result written
+            # meanwhile is not taken for missing.
+            results = yield self.client.get_all(keys.RESULT_PREFIX)
+            self._repair_results(self._our_results(results.kvs))
         self.revision = revision
         self._synchronised = True
         self.log.info(
@@ -375,10 +388,17 @@ class ShimService(Service):
 
     def _repair_results(self, ours):
         """
-        Write again the bind results of Bound ports that went missing from etcd.
+        Write again the bind results of Bound ports that went missing from etcd
+        (C{ours}: the results naming this controller, by port uuid), leaving out those
+        with a write or a callback under way.
         """
         for uuid, port in self.model.ports.items():
-            if port.binding == BOUND and uuid not in ours:
+            if (
+                port.binding == BOUND
+                and uuid not in ours
+                and uuid not in self.results.pending
+                and not self.queues.busy(uuid)
+            ):
                 self.log.warn(
                     "the bind result of port {uuid} is missing from etcd; writing it "
                     "again", uuid=uuid,

@@ -204,6 +204,14 @@ class EtcdClient(object):
         """The endpoint calls go to now."""
         return self._endpoints[self._current]
 
+    def skip_endpoint(self, endpoint):
+        """
+        C{endpoint} let us down (a watch on it broke or went silent): if calls still
+        go to it, send them to the next endpoint first from now on.
+        """
+        if len(self._endpoints) > 1 and self.endpoint == endpoint:
+            self._current = (self._current + 1) % len(self._endpoints)
+
     # -- plumbing -------------------------------------------------------
 
     def _headers(self, use_token=True):

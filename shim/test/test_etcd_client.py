@@ -391,3 +391,24 @@ class PrefixProbeTests(TestCase):
         self.assertEqual(seen, [b"/v3/maintenance/status", b"/v3beta/maintenance/status",
                                 b"/v3beta/maintenance/status",
                                 b"/v3beta/maintenance/status"])
+
+
+class EndpointTests(SynchronousTestCase):
+    """Choosing the endpoint calls go to."""
+
+    def test_skip_endpoint(self):
+        client = EtcdClient(["http://127.0.0.1:1", "http://127.0.0.1:2"])
+        self.assertEqual(client.endpoint, "http://127.0.0.1:1")
+        client.skip_endpoint("http://127.0.0.1:2")  # not the current one: no change
+        self.assertEqual(client.endpoint, "http://127.0.0.1:1")
+        client.skip_endpoint("http://127.0.0.1:1")
+        self.assertEqual(client.endpoint, "http://127.0.0.1:2")
+        client.skip_endpoint("http://127.0.0.1:2")
+        self.assertEqual(client.endpoint, "http://127.0.0.1:1")
+        self.successResultOf(client.close())
+
+    def test_single_endpoint(self):
+        client = EtcdClient(["http://127.0.0.1:1"])
+        client.skip_endpoint("http://127.0.0.1:1")
+        self.assertEqual(client.endpoint, "http://127.0.0.1:1")
+        self.successResultOf(client.close())
