@@ -25,7 +25,7 @@ from treq.client import HTTPClient
 from shim.etcd import wire
 from shim.etcd.errors import (
     AuthFailed, ConnectionFailed, EtcdError, NotFound, TLSFailed, Timeout,
-    error_from_status, is_invalid_token)
+    describe_failure, error_from_status, is_invalid_token)
 from shim.etcd.watch import Watch
 
 log = Logger()
@@ -258,7 +258,7 @@ class EtcdClient(object):
                                 % (call, endpoint, tls))
             if f.check(*_CONNECTION_ERRORS):
                 raise ConnectionFailed(None, "etcd %s at %s: cannot reach etcd: %s"
-                                       % (call, endpoint, _describe(f)))
+                                       % (call, endpoint, describe_failure(f)))
             return f
         d.addErrback(failed)
         return d
@@ -630,13 +630,3 @@ def _next_turn(reactor):
     d = defer.Deferred()
     reactor.callLater(0, d.callback, None)
     return d
-
-
-def _describe(failure):
-    """A short text for a connection failure (unwrapping the web client's lists)."""
-    value = failure.value
-    reasons = getattr(value, "reasons", None)
-    if reasons:
-        return "; ".join(_describe(r) for r in reasons)
-    text = str(value) or type(value).__name__
-    return text

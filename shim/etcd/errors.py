@@ -136,3 +136,16 @@ def error_from_status(code, message, call, endpoint):
     if code == NOT_FOUND:
         return NotFound(code, text)
     return EtcdError(code, text)
+
+
+def describe_failure(failure):
+    """
+    A short text for a connection failure: the web client wraps its reasons in
+    lists of Failures, which would otherwise print as their reprs.
+    """
+    value = failure.value
+    reasons = getattr(value, "reasons", None)
+    if reasons:
+        return "; ".join(describe_failure(r) for r in reasons)
+    text = str(value) or type(value).__name__
+    return text

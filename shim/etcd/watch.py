@@ -19,8 +19,8 @@ from twisted.logger import Logger
 
 from shim.etcd import wire
 from shim.etcd.errors import (
-    Compacted, ConnectionFailed, EtcdError, Timeout, error_from_status,
-    is_invalid_token)
+    Compacted, ConnectionFailed, EtcdError, Timeout, describe_failure,
+    error_from_status, is_invalid_token)
 from shim.etcd.wire import WatchEnded, WatchEvent  # noqa: F401 (re-exported)
 
 log = Logger()
@@ -175,7 +175,7 @@ class Watch(object):
         if self._ending is None:
             self._end("connection_lost", None, ConnectionFailed(
                 None, "etcd %s at %s: watch stream ended: %s"
-                % (self._call, self.endpoint, reason.getErrorMessage())))
+                % (self._call, self.endpoint, describe_failure(reason))))
         self._finish()
 
     def stop(self):
