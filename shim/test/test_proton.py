@@ -350,6 +350,19 @@ class CommandLineTests(EtcdTestCase):
         self.assertEqual(shown["controller"], "FakeShim")
 
     @inlineCallbacks
+    def test_bind_answered_empty(self):
+        """
+        An answer without vif_type (a "{}") is what proton would copy into its
+        database: bind says Nova would plug nothing and exits 1.
+        """
+        yield self.proton.create_port("p1")
+        yield self.responder([[{}]])
+        out, err, code = yield self.cli("bind", "p1", "--host", "h1", "--device", "d1",
+                                        "--timeout", "60")
+        self.assertEqual(code, 1, err)
+        self.assertIn("without a vif_type", out)
+
+    @inlineCallbacks
     def test_etcd_unreachable(self):
         """
         An etcd that cannot be reached gives one clear line and a non-zero exit.
