@@ -11,7 +11,7 @@ port in a migration never wipes the result the gaining shim has just written.
 
 import json
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -73,6 +73,8 @@ class ResultWriter:
         self.pending = {}
         self._running = set()
         self.delayed = {}
+        # port uuid -> the Deferred of the pause before its next write attempt
+        self._pauses = {}
         self._idle_waiters = []
         self._stopped = False
 
@@ -106,10 +108,10 @@ class ResultWriter:
 
     def idle(self):
         """
-        A Deferred that fires when no write is pending.
+        A Deferred that fires when no write is pending (or the writer is stopped).
         """
         d = Deferred()
-        if not self.pending:
+        if not self.pending or self._stopped:
             d.callback(None)
         else:
             self._idle_waiters.append(d)
@@ -117,12 +119,14 @@ class ResultWriter:
 
     def stop(self):
         """
-        Give up retrying: pending writes are abandoned after their current attempt, and
-        delayed clears are dropped.
+        Give up retrying: pending writes are abandoned after their current attempt,
+        waits before the next attempt and delayed clears are dropped.
         """
         self._stopped = True
         for uuid in list(self.delayed):
             self._cancel_delayed(uuid)
+        for pause in list(self._pauses.values()):
+            pause.cancel()
 
     def _cancel_delayed(self, uuid):
         call = self.delayed.pop(uuid, None)
@@ -155,7 +159,15 @@ class ResultWriter:
                         "{error}; retrying in {delay:.2f}s",
                         uuid=uuid, operation=kind, error=e, delay=delay,
                     )
-                    yield deferLater(self._clock, delay, lambda: None)
+                    pause = self._pauses[uuid] = deferLater(
+                        self._clock, delay, lambda: None
+                    )
+                    try:
+                        yield pause
+                    except CancelledError:
+                        return
+                    finally:
+                        self._pauses.pop(uuid, None)
                     continue
                 self._count(kind, "ok")
                 backoff.reset()
