@@ -305,6 +305,8 @@ class ServiceEventTests(ServiceTestCase):
         yield wait_for(
             lambda: shim.model.ports["p1"].binding == BOUND, what="the retried bind"
         )
+        # The state changes when bind_port answers; the result is written after.
+        yield self.settled(shim)
         result = yield read_result(self.client, "p1")
         self.assertEqual(result["controller"], "SimServer")
 
