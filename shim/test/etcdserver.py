@@ -15,6 +15,7 @@ import atexit
 import base64
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -64,8 +65,34 @@ def etcd_version(binary=None):
     return _versions[binary]
 
 
+def _ephemeral_low():
+    """
+    The lowest port the kernel hands out to outgoing connections.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that is free right now."""
+    """
+    A TCP port on 127.0.0.1 that is free right now, chosen below the kernel's
+    ephemeral range: a port from that range may be taken meanwhile by any outgoing
+    connection (the tests make thousands), before etcd binds it.
+    """
+    high = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(10000, high)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
     s = socket.socket()
     try:
         s.bind(("127.0.0.1", 0))
