@@ -426,7 +426,7 @@ class ShimService(Service):
                 # Renumbered by another cluster, unchanged: nothing to call.
                 known.revision = kv.mod_revision
                 continue
-            self.apply(PUT, kv.key, kv.value, kv.mod_revision)
+            self._apply_to(table, name, PUT, kv.key, kv.value, kv.mod_revision)
 
     def _reconcile_deletions(self, present, revision):
         """
@@ -436,7 +436,9 @@ class ShimService(Service):
         for table in reversed(keys.TABLES):
             gone = [n for n in self.model.table(table) if n not in present[table]]
             for name in gone:
-                self.apply(DELETE, keys.proton_key(table, name), None, revision)
+                self._apply_to(
+                    table, name, DELETE, keys.proton_key(table, name), None, revision
+                )
 
     # -- applying events
 
@@ -453,6 +455,12 @@ class ShimService(Service):
         except keys.BadKey as e:
             self._bad_input("bad_key", key, revision, e)
             return
+        self._apply_to(table, name, kind, key, value, revision)
+
+    def _apply_to(self, table, name, kind, key, value, revision):
+        """
+        L{apply} for a key already known to name object C{name} of C{table}.
+        """
         if kind == DELETE:
             obj = None
         else:
