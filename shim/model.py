@@ -20,24 +20,12 @@ from shim.portstate import UNBOUND
 #: The largest value the shim accepts for one object; a port row is about 1 KiB.
 MAX_VALUE_SIZE = 256 * 1024
 
-#: Values shorter than this are shared: "True", "ACTIVE", "1500", host names and the
+#: Values shorter than this are interned: "True", "ACTIVE", "1500", host names and the
 #: like repeat across thousands of ports, and sharing them halves the model's memory.
 _INTERN_BELOW = 24
 
 _intern = sys.intern
 _loads = json.loads
-
-#: The short values seen so far, each mapped to its one shared copy.  Looking a value up
-#: here is a third of the cost of checking its type and length and interning it, so the
-#: rows are learned from now and then (the first L{_LEARN_FIRST}, then one in
-#: L{_LEARN_EVERY}) and every row is mapped through it.  Bounded: unique short values
-#: (addresses, MACs) would otherwise make it grow with the number of ports.
-_short = {}
-_short_get = _short.get
-_SHORT_MAX = 1 << 16
-_LEARN_FIRST = 1024
-_LEARN_EVERY = 8
-_decoded = 0
 
 
 class BadValue(ValueError):
@@ -120,36 +108,17 @@ def decode(table, value, revision):
         v = row.get(name)
         if v is not None and type(v) is not str:
             raise BadValue("attribute %r is %s, not a string" % (name, type(v).__name__))
-    global _decoded
-    _decoded += 1
-    if _decoded <= _LEARN_FIRST or not _decoded % _LEARN_EVERY:
-        _learn(row)
-    try:
-        obj = _CLASSES[table]({_intern(k): _short_get(v, v) for k, v in row.items()})
-    except TypeError:
-        # A list or object value (unhashable): proton never writes one, but it is JSON.
-        obj = _CLASSES[table](
-            {
-                _intern(k): (_short_get(v, v) if type(v) is str else v)
-                for k, v in row.items()
-            }
-        )
+    obj = _CLASSES[table](
+        {
+            _intern(k): (_intern(v) if type(v) is str and len(v) < _INTERN_BELOW else v)
+            for k, v in row.items()
+        }
+    )
     obj.revision = revision
     if table == keys.PORT:
         obj.binding = UNBOUND
         obj.result = None
     return obj
-
-
-def _learn(row):
-    """
-    Remember the short string values of C{row} that are new, up to L{_SHORT_MAX}.
-    """
-    if len(_short) >= _SHORT_MAX:
-        return
-    for v in row.values():
-        if type(v) is str and len(v) < _INTERN_BELOW and v not in _short:
-            _short[v] = _intern(v)
 
 
 def split_list(text):
