@@ -12,7 +12,9 @@ from zope.interface import implementer
 
 from shim import keys
 from shim.config import load_config
+from shim.etcd import EtcdClient
 from shim.interfaces import IBackend
+from shim.proton import ProtonClient
 from shim.service import ShimService
 
 CALLBACKS = (
@@ -104,6 +106,18 @@ def port_attrs(uuid, host="", device="", **more):
     }
     attrs.update(more)
     return attrs
+
+
+def proton_side(testcase, etcd):
+    """
+    A client of C{etcd} (an L{EtcdServer}) and L{ProtonClient} on it, for a test;
+    the client is closed when the test ends.
+
+    @return: C{(client, proton)}.
+    """
+    client = EtcdClient([etcd.client_url])
+    testcase.addCleanup(client.close)
+    return client, ProtonClient(client)
 
 
 def write_config(directory, endpoints, controller="SimServer", hosts="compute1, compute2",

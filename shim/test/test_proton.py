@@ -12,9 +12,9 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from shim import keys
-from shim.etcd import EtcdClient
 from shim.proton import PORT_ATTRIBUTES, ProtonClient, encode_object
-from shim.test.etcdserver import EtcdServer
+from shim.test.etcdserver import start_etcd
+from shim.test.support import proton_side
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,12 +32,8 @@ class EtcdTestCase(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.etcd = EtcdServer()
-        self.etcd.start()
-        self.addCleanup(self.etcd.cleanup)
-        self.client = EtcdClient([self.etcd.client_url])
-        self.addCleanup(self.client.close)
-        self.proton = ProtonClient(self.client)
+        self.etcd = start_etcd(self)
+        self.client, self.proton = proton_side(self, self.etcd)
         yield self.client.status()
 
     @inlineCallbacks

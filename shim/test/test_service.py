@@ -7,15 +7,14 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from shim import keys
-from shim.etcd import EtcdClient
 from shim.portstate import BOUND, INUSE, UNBOUND
-from shim.proton import ProtonClient
 from shim.test.etcdserver import start_etcd
 from shim.test.support import (
     VIF,
     RecordingBackend,
     ShimRunner,
     port_attrs,
+    proton_side,
     read_result,
     sleep,
     wait_for,
@@ -35,9 +34,7 @@ class ServiceTestCase(TestCase):
     @inlineCallbacks
     def setUp(self):
         self.etcd = start_etcd(self)
-        self.client = EtcdClient([self.etcd.client_url])
-        self.addCleanup(self.client.close)
-        self.proton = ProtonClient(self.client)
+        self.client, self.proton = proton_side(self, self.etcd)
         self.shims = ShimRunner(self, [self.etcd.client_url])
         yield self.client.status()
 

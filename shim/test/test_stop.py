@@ -24,11 +24,9 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
 from shim import keys
-from shim.etcd import EtcdClient
 from shim.plugins.dummy import DummyBackend
-from shim.proton import ProtonClient
 from shim.test.etcdserver import refused_url, start_etcd
-from shim.test.support import read_result, write_config
+from shim.test.support import proton_side, read_result, write_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -166,9 +164,7 @@ class TwistdTestCase(TestCase):
     @inlineCallbacks
     def setUp(self):
         self.etcd = start_etcd(self)
-        self.client = EtcdClient([self.etcd.client_url])
-        self.addCleanup(self.client.close)
-        self.proton = ProtonClient(self.client)
+        self.client, self.proton = proton_side(self, self.etcd)
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         yield self.client.status()

@@ -13,11 +13,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from shim import web
-from shim.etcd import EtcdClient
 from shim.portstate import BOUND, INUSE, UNBOUND
-from shim.proton import ProtonClient
-from shim.test.etcdserver import EtcdServer
-from shim.test.support import ShimRunner, wait_for
+from shim.test.etcdserver import start_etcd
+from shim.test.support import ShimRunner, proton_side, wait_for
 
 
 def samples(text):
@@ -40,12 +38,8 @@ class WebTests(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.etcd = EtcdServer()
-        self.etcd.start()
-        self.addCleanup(self.etcd.cleanup)
-        self.client = EtcdClient([self.etcd.client_url])
-        self.addCleanup(self.client.close)
-        self.proton = ProtonClient(self.client)
+        self.etcd = start_etcd(self)
+        self.client, self.proton = proton_side(self, self.etcd)
         self.shim = yield ShimRunner(self, [self.etcd.client_url]).start()
         port = yield web.listen(self.shim, ("127.0.0.1", 0), reactor)
         self.addCleanup(port.stopListening)
