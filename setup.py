@@ -19,7 +19,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=["shim", "shim.etcd", "shim.plugins", "shim.test", "twisted.plugins"],
+    packages=["shim", "shim.etcd", "shim.plugins", "shim.test", "shim.systest",
+              "twisted.plugins"],
     package_data={"twisted.plugins": ["shim_plugin.py"]},
     include_package_data=False,
     install_requires=[

@@ -33,6 +33,12 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 #: Values of C{[shim] log_format}.
 LOG_FORMATS = ("text", "json")
 
+#: The model generations proton writes: the seed's (2016) and Gluon 1.x's (2017).
+API_MODELS = ("net-l3vpn", "net-l3vpn-v1.0")
+
+#: The etcd APIs the shim speaks.
+ETCD_APIS = ("v3", "v2")
+
 #: The host_list value meaning "every host".
 ALL_HOSTS = "*"
 
@@ -96,6 +102,12 @@ class ShimConfig:
     password: str = field(default=None, repr=False)
     backend_options: dict = field(default_factory=dict)
     metrics_listen: tuple = None
+    bind_timeout: float = 2.5
+    api_model: str = "net-l3vpn"
+    etcd_api: str = "v3"
+    election_enabled: bool = True
+    election_ttl: int = 3
+    metrics_admin: bool = False
 
     @property
     def all_hosts(self):
@@ -174,13 +186,14 @@ class _Reader:
     SHIM_OPTIONS = frozenset([
         "controller_name", "host_list", "etcd_endpoints", "etcd_host", "etcd_port",
         "backend", "backend_timeout", "resync_interval", "log_level", "log_format",
-        "log_file",
+        "log_file", "bind_timeout", "api_model",
     ])
     ETCD_OPTIONS = frozenset([
         "timeout", "watch_idle_timeout", "ca_file", "cert_file", "key_file",
-        "username", "password_file",
+        "username", "password_file", "api",
     ])
-    METRICS_OPTIONS = frozenset(["listen"])
+    ELECTION_OPTIONS = frozenset(["enabled", "ttl"])
+    METRICS_OPTIONS = frozenset(["listen", "admin"])
 
     def __init__(self, path, parser):
         self.path = path
@@ -204,7 +217,7 @@ class _Reader:
             raise ConfigError(self.path, "[shim]", "section missing; it must name at "
                               "least controller_name and host_list")
         known = {"shim": self.SHIM_OPTIONS, "etcd": self.ETCD_OPTIONS,
-                 "metrics": self.METRICS_OPTIONS}
+                 "election": self.ELECTION_OPTIONS, "metrics": self.METRICS_OPTIONS}
         for section, options in known.items():
             if not self.parser.has_section(section):
                 continue
@@ -215,8 +228,8 @@ class _Reader:
         for section in self.parser.sections():
             if section not in known and section != "backend":
                 raise ConfigError(self.path, "[%s]" % (section,), "unknown section; "
-                                  "known sections are [shim], [etcd], [backend], "
-                                  "[metrics]")
+                                  "known sections are [shim], [etcd], [election], "
+                                  "[backend], [metrics]")
 
         username, password_file, password = self.credentials()
         cert_file = self.readable_file("etcd", "cert_file")
@@ -233,12 +246,21 @@ class _Reader:
             etcd_endpoints=self.endpoints(),
             backend=self.get("shim", "backend", "dummy"),
             backend_timeout=self.seconds("shim", "backend_timeout", 30.0, zero=False),
+            bind_timeout=self.seconds("shim", "bind_timeout", 2.5, zero=False),
+            api_model=self.choice("shim", "api_model", API_MODELS, API_MODELS[0]),
+            etcd_api=self.choice("etcd", "api", ETCD_APIS, "v3"),
+            election_enabled=self.boolean("election", "enabled", True),
+            election_ttl=self.whole_seconds("election", "ttl", 3),
+            metrics_admin=self.boolean("metrics", "admin", False),
             resync_interval=self.seconds("shim", "resync_interval", 600.0),
             log_level=self.choice("shim", "log_level", LOG_LEVELS, "info"),
             log_format=self.choice("shim", "log_format", LOG_FORMATS, "text"),
             log_file=self.get("shim", "log_file", "-"),
             etcd_timeout=self.seconds("etcd", "timeout", 5.0, zero=False),
-            watch_idle_timeout=self.seconds("etcd", "watch_idle_timeout", 900.0),
+            # v2 sends no progress notifications: a quiet v2 watch is not a dead one.
+            watch_idle_timeout=self.seconds(
+                "etcd", "watch_idle_timeout",
+                0.0 if self.choice("etcd", "api", ETCD_APIS, "v3") == "v2" else 900.0),
             ca_file=self.readable_file("etcd", "ca_file"),
             cert_file=cert_file,
             key_file=key_file,
@@ -347,6 +369,26 @@ class _Reader:
                 value, ", ".join(choices)))
         return value.lower()
 
+    def boolean(self, section, option, default):
+        text = self.get(section, option)
+        if text is None:
+            return default
+        value = text.lower()
+        if value in ("true", "yes", "on", "1"):
+            return True
+        if value in ("false", "no", "off", "0"):
+            return False
+        raise self.error(section, option, "%r is not true or false" % (text,))
+
+    def whole_seconds(self, section, option, default):
+        text = self.get(section, option)
+        if text is None:
+            return default
+        if not text.isdigit() or int(text) < 1:
+            raise self.error(section, option, "%r is not a whole number of seconds, "
+                             "1 or more" % (text,))
+        return int(text)
+
     # -- [etcd]
 
     def readable_file(self, section, option):
@@ -406,6 +448,9 @@ class _Reader:
         text = self.get("metrics", "listen")
         if text is None:
             return None
+        if text.isdigit():
+            # A bare port: loopback only, since the listener may serve admin actions.
+            text = "127.0.0.1:" + text
         host, sep, port = text.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
