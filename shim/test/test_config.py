@@ -410,7 +410,34 @@ class BackendAndMetricsTests(ConfigTestCase):
         config = self.load(MINIMAL + "[metrics]\n")
         self.assertIsNone(config.metrics_listen)
 
+    def test_metrics_bare_port_is_loopback(self):
+        config = self.load(MINIMAL + "[metrics]\nlisten = 9105\n")
+        self.assertEqual(config.metrics_listen, ("127.0.0.1", 9105))
+
+    def test_new_options(self):
+        config = self.load(MINIMAL)
+        self.assertEqual(
+            (config.bind_timeout, config.api_model, config.etcd_api,
+             config.election_enabled, config.election_ttl, config.metrics_admin),
+            (2.5, "net-l3vpn", "v3", True, 3, False))
+        config = self.load(
+            MINIMAL.replace("[shim]\n", "[shim]\nbind_timeout = 1\n"
+                            "api_model = net-l3vpn-v1.0\n")
+            + "[etcd]\napi = v2\n[election]\nenabled = no\nttl = 5\n"
+            "[metrics]\nadmin = true\n")
+        self.assertEqual(
+            (config.bind_timeout, config.api_model, config.etcd_api,
+             config.election_enabled, config.election_ttl, config.metrics_admin,
+             config.watch_idle_timeout),
+            (1.0, "net-l3vpn-v1.0", "v2", False, 5, True, 0.0))
+
+    def test_bad_new_options(self):
+        self.assertError(MINIMAL + "[election]\nttl = 0\n", "'0'", where="[election] ttl")
+        self.assertError(MINIMAL + "[election]\nenabled = maybe\n", "'maybe'",
+                         where="[election] enabled")
+        self.assertError(MINIMAL + "[etcd]\napi = v4\n", "'v4'", where="[etcd] api")
+
     def test_bad_metrics_listen(self):
-        for value in ("9100", "host:", ":9100", "host:port", "host:70000", "host:-1"):
+        for value in ("host:", ":9100", "host:port", "host:70000", "host:-1"):
             self.assertError(MINIMAL + "[metrics]\nlisten = %s\n" % (value,),
                              repr(value), "host:port", where="[metrics] listen")
