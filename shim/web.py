@@ -330,12 +330,16 @@ def model_summary(service):
 def describe(service):
     """
     Export C{shim_info} for C{service} from its configuration, unless the service
-    did already (L{shim.metrics.Metrics.describe_shim}).
+    did already (L{shim.metrics.Metrics.describe_shim}); a service without a C{role}
+    (no election) is always the acting shim: C{shim_leader} is 1.
     """
     metrics = service.metrics
     config = getattr(service, "config", None)
     if config is None or getattr(metrics, "described", True):
         return
+    if not hasattr(service, "role"):
+        # A service without election acts alone, always.
+        metrics.leader.set(1)
     metrics.describe_shim(
         __version__, config.controller_name, getattr(config, "etcd_api", "v3"),
         getattr(config, "api_model", "net-l3vpn"),
