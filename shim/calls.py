@@ -65,6 +65,13 @@ class BackendCaller:
     def _failed(self, failure, callback, about, started):
         if failure.check(TimeoutError, CancelledError):
             self._record(callback, TIMEOUT, started)
+            if type(failure.value) not in (TimeoutError, CancelledError):
+                # The backend's own time-out (a subclass) says what timed out.
+                self.log.error(
+                    "backend {callback} for {about} timed out: {reason}",
+                    callback=callback, about=about, reason=failure.getErrorMessage(),
+                )
+                return (False, None)
             self.log.error(
                 "backend {callback} for {about} did not answer within {timeout}s",
                 callback=callback, about=about, timeout=self.timeout,

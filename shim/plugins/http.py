@@ -10,6 +10,8 @@ in another language) runs a small web service and points the shim at it::
     [backend]
     url = http://127.0.0.1:8181/shim
     timeout = 5
+    max_in_flight = 64
+    max_response_bytes = 1048576
 
 Each callback POSTs one JSON object to C{url}: C{callback} (its name), C{uuid} (the
 object it is about) and what the callback received (see L{HttpBackend} and
@@ -19,16 +21,31 @@ naming the URL, the callback and what was wrong, which the shim logs and counts.
 
 C{bind_port}'s answer is the bind result: a JSON object with C{vif_type} (a non-empty
 string) and C{vif_details} (an object), or C{{}} (or an empty body) to reject the port.
+
+Under load at most C{max_in_flight} requests are out at once, over as many persistent
+connections; further calls wait in a first-come, first-served queue.  So a burst of
+ten thousand binds costs a few dozen file descriptors, not ten thousand.  The time a
+call waits in the queue counts toward the shim's own time limit for the call (the
+Deferred it gets can be cancelled at any time) but not toward C{timeout}, which starts
+when the request is sent.
 """
 
 import json
+from collections import deque, namedtuple
 from urllib.parse import urlsplit
 
-import treq
-from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    PotentialDataLoss,
+    ResponseDone,
+    ResponseFailed,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from shim.backends import BackendPlugin
@@ -38,11 +55,24 @@ from shim.model import split_list
 #: Seconds one request may take, answer included, unless C{[backend] timeout} says.
 DEFAULT_TIMEOUT = 5.0
 
+#: Requests out at once (and connections kept open), unless C{[backend] max_in_flight}
+#: says.
+DEFAULT_MAX_IN_FLIGHT = 64
+
+#: Bytes an answer's body may have, unless C{[backend] max_response_bytes} says: a bind
+#: result is a few hundred bytes; anything near a mebibyte is a misdirected request.
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+
 #: Seconds an idle connection to the web service is kept open for the next call.
 IDLE_CONNECTION_TIMEOUT = 30
 
 #: The options C{[backend]} may hold for this backend.
-OPTIONS = ("url", "timeout")
+OPTIONS = ("url", "timeout", "max_in_flight", "max_response_bytes")
+
+#: File descriptors the process needs besides the backend's connections (etcd, the
+#: metrics listener, logs, Python itself): below C{max_in_flight} plus this, the shim
+#: warns at start-up.
+_FD_MARGIN = 64
 
 #: How much of a bad answer's body is quoted in an error message.
 _QUOTE = 200
@@ -53,6 +83,17 @@ class HttpBackendError(Exception):
     A call to the vendor's web service failed; the message says which call, where,
     and why.
     """
+
+
+class HttpBackendTimeout(HttpBackendError, TimeoutError):
+    """
+    The web service did not answer within C{[backend] timeout}.  Being a
+    L{TimeoutError}, it is counted as a time-out by the shim, not as an error.
+    """
+
+
+#: The checked C{[backend]} options of the http backend.
+HttpOptions = namedtuple("HttpOptions", "url timeout max_in_flight max_response_bytes")
 
 
 def _quote(body):
@@ -96,7 +137,8 @@ def parse_options(options):
     Check the C{[backend]} options of the C{http} backend.
 
     @param options: option name to string.
-    @return: C{(url, timeout)}: the URL (a C{str}) and the timeout in seconds.
+    @return: an L{HttpOptions}: the URL (a C{str}), the timeout in seconds, the most
+        requests out at once and the most bytes an answer may have.
     @raise ValueError: an option is missing, unknown or wrong; the message names it.
     """
     unknown = sorted(set(options) - set(OPTIONS))
@@ -124,51 +166,267 @@ def parse_options(options):
         raise ValueError(
             "[backend] url: %r: the port is not a number from 1 to 65535" % (url,)
         ) from None
+    timeout = DEFAULT_TIMEOUT
     text = (options.get("timeout") or "").strip()
+    if text:
+        try:
+            timeout = float(text)
+        except ValueError:
+            timeout = float("nan")
+        if not timeout > 0 or timeout == float("inf"):
+            raise ValueError(
+                "[backend] timeout: %r is not a number of seconds above 0" % (text,)
+            )
+    max_in_flight = _count(options, "max_in_flight", DEFAULT_MAX_IN_FLIGHT,
+                           "requests out at once")
+    max_response_bytes = _count(options, "max_response_bytes",
+                                DEFAULT_MAX_RESPONSE_BYTES, "bytes")
+    return HttpOptions(url, timeout, max_in_flight, max_response_bytes)
+
+
+def _count(options, name, default, unit):
+    """
+    The whole number of C{unit} above 0 that option C{name} gives, or C{default}.
+    """
+    text = (options.get(name) or "").strip()
     if not text:
-        return url, DEFAULT_TIMEOUT
+        return default
     try:
-        timeout = float(text)
+        value = int(text, 10)
     except ValueError:
-        timeout = float("nan")
-    if not timeout > 0 or timeout == float("inf"):
-        raise ValueError(
-            "[backend] timeout: %r is not a number of seconds above 0" % (text,)
-        )
-    return url, timeout
+        value = 0
+    if value < 1:
+        raise ValueError("[backend] %s: %r is not a whole number of %s above 0 "
+                         "(default %d)" % (name, text, unit, default))
+    return value
+
+
+class InFlightLimit:
+    """
+    At most C{size} calls running at once; the others wait their turn in arrival
+    order.
+
+    A call waiting its turn can be cancelled: it leaves the queue and is never
+    started.  A running call cancelled is cancelled by its own Deferred's canceller.
+    (Cancelled entries stay in the queue until their turn comes, and are then skipped,
+    so that cancelling thousands of waiting calls at once costs no queue search.)
+
+    @ivar size: the most calls running at once.
+    @ivar running: calls running now.
+    @ivar waiting: calls waiting their turn now (not counting cancelled ones).
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self.running = 0
+        self.waiting = 0
+        self._queue = deque()
+        self._dispatching = False
+
+    def run(self, start):
+        """
+        Call C{start()} once fewer than C{size} calls are running and every call that
+        came earlier has started.
+
+        @param start: a callable returning a Deferred (or raising).
+        @return: a Deferred firing with what C{start()}'s Deferred fires with.
+            Cancelling it before C{start} was called takes the call out of the queue
+            (it fails with L{CancelledError}); after, cancels C{start()}'s Deferred.
+        """
+        if self.running < self.size and not self.waiting:
+            return self._start(start)
+        turn = Deferred(self._leave)
+        turn.addCallback(lambda _: self._start(start))
+        self._queue.append(turn)
+        self.waiting += 1
+        return turn
+
+    def _leave(self, turn):
+        # Cancelled while waiting: the entry stays in the queue, already fired, and is
+        # skipped when its turn comes.
+        self.waiting -= 1
+
+    def _start(self, start):
+        self.running += 1
+        try:
+            d = start()
+        except Exception:
+            d = fail()
+        d.addBoth(self._finished)
+        return d
+
+    def _finished(self, result):
+        self.running -= 1
+        self._next()
+        return result
+
+    def _next(self):
+        """
+        Start waiting calls while there is room.  A loop rather than recursion: a call
+        failing at once would otherwise start the next one from inside itself, and so
+        on down the queue.
+        """
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            queue = self._queue
+            while queue and self.running < self.size:
+                turn = queue.popleft()
+                if turn.called:
+                    continue
+                self.waiting -= 1
+                turn.callback(None)
+        finally:
+            self._dispatching = False
+
+
+@implementer(IBodyProducer)
+class _RequestBody:
+    """
+    A request body already in memory, written at once.
+    """
+
+    def __init__(self, data):
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer):
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+class _ResponseBody(Protocol):
+    """
+    Collects an answer's body up to C{limit} bytes.  A larger body fails
+    C{finished} with L{HttpBackendError} and closes the connection at once, so that
+    the rest is neither read nor kept.
+
+    @ivar finished: a Deferred firing with the whole body; cancelling it closes the
+        connection.
+    """
+
+    def __init__(self, limit, where):
+        self._limit = limit
+        self._finished = self.finished = Deferred(lambda d: self.abort())
+        self._where = where
+        self._parts = []
+        self._size = 0
+
+    def dataReceived(self, data):
+        if self._finished.called:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self.refuse()
+            return
+        self._parts.append(data)
+
+    def refuse(self, length=None):
+        """
+        Fail the call because the answer is too large, and close the connection.
+        """
+        self._parts = []
+        self.abort()
+        if not self._finished.called:
+            self._finished.errback(HttpBackendError(
+                "%s: the answer's body is %s bytes, more than the %d allowed "
+                "([backend] max_response_bytes)" % (
+                    self._where, length if length is not None else "over",
+                    self._limit)))
+
+    def abort(self):
+        """
+        Close the connection without reading the rest of the answer (on a refused
+        answer, or a call cancelled while its answer arrives).
+        """
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason):
+        if self._finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._finished.callback(b"".join(self._parts))
+        else:
+            self._finished.errback(reason)
 
 
 @implementer(IBackend)
 class HttpBackend:
     """
     A backend that POSTs each callback as JSON to a web service and waits for its
-    answer.  Connections are kept open between calls.
+    answer.  At most L{max_in_flight} requests are out at once, over as many
+    persistent connections; further calls wait in a queue (see L{InFlightLimit}).
 
     @ivar url: the web service's URL.
-    @ivar timeout: seconds one request may take, answer included.
+    @ivar timeout: seconds one request may take once sent, answer included.
+    @ivar max_in_flight: the most requests out at once.
+    @ivar max_response_bytes: the most bytes an answer's body may have.
+    @ivar limit: the L{InFlightLimit}: C{limit.running} requests are out, and
+        C{limit.waiting} calls wait their turn.
     """
 
     log = Logger()
 
-    def __init__(self, options, reactor=None):
+    def __init__(self, options, reactor=None, clock=None):
         """
         @param options: the C{[backend]} section: C{url} (required), C{timeout}
-            (seconds, default 5).
+            (seconds, default 5), C{max_in_flight} (default 64), C{max_response_bytes}
+            (default 1 MiB).
         @param reactor: the reactor (the global one by default).
+        @param clock: what times requests out (the reactor by default; tests pass a
+            L{twisted.internet.task.Clock}).
         @raise ValueError: an option is missing or wrong; the message names it.
         """
-        self.url, self.timeout = parse_options(options)
+        (self.url, self.timeout, self.max_in_flight,
+         self.max_response_bytes) = parse_options(options)
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._url = self.url.encode("ascii")
+        self.limit = InFlightLimit(self.max_in_flight)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
+        # One connection per request out: never more, so a burst reuses them.
+        self._pool.maxPersistentPerHost = self.max_in_flight
         # Close idle connections before common servers do (twisted.web after 60 s,
         # many others after 60-75 s), so a POST rarely meets one the server is closing:
         # a POST is never retried automatically.
         self._pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
-        self._http = HTTPClient(Agent(reactor, pool=self._pool))
-        self.log.info("http backend posting to {url}, timeout {timeout}s",
-                      url=self.url, timeout=self.timeout)
+        self._agent = Agent(reactor, pool=self._pool)
+        self.log.info(
+            "http backend posting to {url}, timeout {timeout}s, at most {max_in_flight} "
+            "requests at once, answers up to {max_response_bytes} bytes",
+            url=self.url, timeout=self.timeout, max_in_flight=self.max_in_flight,
+            max_response_bytes=self.max_response_bytes)
+        self._check_file_limit()
+
+    def _check_file_limit(self):
+        """
+        Warn when the process may open fewer files than C{max_in_flight} connections
+        and the rest of the shim need.
+        """
+        try:
+            import resource
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ImportError, OSError, ValueError):
+            return
+        if soft != resource.RLIM_INFINITY and soft < self.max_in_flight + _FD_MARGIN:
+            self.log.warn(
+                "http backend: [backend] max_in_flight = {max_in_flight} connections, "
+                "but the process may open only {soft} files; raise the limit "
+                "(LimitNOFILE= in the systemd unit, ulimit -n) or lower max_in_flight",
+                max_in_flight=self.max_in_flight, soft=soft)
 
     def close(self):
         """
@@ -182,13 +440,17 @@ class HttpBackend:
 
     def post(self, callback, about, body):
         """
-        POST one callback's JSON body and read the answer.
+        POST one callback's JSON body and read the answer, once fewer than
+        L{max_in_flight} requests are out.
 
         @param callback: the callback's name, for error messages.
         @param about: what the call is about (C{"port <uuid>"}), for error messages.
         @param body: the JSON-serialisable request.
         @return: a Deferred firing with the raw response body (bytes) of a 2xx answer,
-            or failing with L{HttpBackendError}.
+            or failing with L{HttpBackendError} (L{HttpBackendTimeout} when no answer
+            came within L{timeout} of sending).  Cancelling it before the request is
+            sent takes the call out of the queue; after, aborts the request, closing
+            its connection.  Either way it fails with L{CancelledError}.
         """
         where = "http backend: POST %s for %s of %s" % (self.url, callback, about)
         try:
@@ -196,25 +458,38 @@ class HttpBackend:
         except (TypeError, ValueError) as e:
             raise HttpBackendError("%s: cannot encode the request as JSON: %s"
                                    % (where, e)) from None
-        d = self._http.post(
-            self.url, data=data, allow_redirects=False,
-            headers={b"Content-Type": [b"application/json"],
-                     b"Accept": [b"application/json"]},
-        )
-        d.addCallback(self._read, where)
-        d.addTimeout(self.timeout, self._reactor,
-                     onTimeoutCancel=lambda result, timeout: self._timed_out(where))
+        d = self.limit.run(lambda: self._send(data, where))
         d.addErrback(self._failed, where)
         return d
 
+    def _send(self, data, where):
+        """
+        Send one request now; its time limit starts here, not when the call was made.
+        """
+        d = self._agent.request(
+            b"POST", self._url,
+            Headers({b"Content-Type": [b"application/json"],
+                     b"Accept": [b"application/json"]}),
+            _RequestBody(data),
+        )
+        d.addCallback(self._read, where)
+        d.addTimeout(self.timeout, self._clock,
+                     onTimeoutCancel=lambda result, timeout: self._timed_out(where))
+        return d
+
     def _timed_out(self, where):
-        raise HttpBackendError("%s: no answer within %gs ([backend] timeout)"
-                               % (where, self.timeout))
+        raise HttpBackendTimeout("%s: no answer within %gs ([backend] timeout)"
+                                 % (where, self.timeout))
 
     def _read(self, response, where):
-        d = treq.content(response)
-        d.addCallback(self._check_status, response.code, response.phrase, where)
-        return d
+        reader = _ResponseBody(self.max_response_bytes, where)
+        finished = reader.finished
+        response.deliverBody(reader)
+        if response.length is not UNKNOWN_LENGTH and \
+                response.length > self.max_response_bytes:
+            reader.refuse(response.length)
+        finished.addCallback(self._check_status, response.code, response.phrase, where)
+        return finished
 
     @staticmethod
     def _check_status(body, code, phrase, where):
@@ -227,11 +502,12 @@ class HttpBackend:
         if failure.check(HttpBackendError, CancelledError):
             return failure
         if _cancelled(failure):
-            # Cancelled by the caller (the shim's backend_timeout): it stays a
+            # Cancelled by the caller (the shim's time limit for the call): it stays a
             # cancellation, so that the shim counts the call as timed out.
             raise CancelledError()
         raise HttpBackendError("%s: %s: %s" % (
             where, failure.type.__name__, failure.getErrorMessage()))
+
 
     @staticmethod
     def _bind_result(body, where):

@@ -1,13 +1,24 @@
 """
 The C{http} backend against a real web server started in the test, and end to end
-with a real etcd and a shim that binds through it.
+with a real etcd and a shim that binds through it.  Under load: the bound on requests
+out at once, its queue, the cap on answers, and a burst with few file descriptors.
 """
 
 import json
 import os
+import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    gatherResults,
+    inlineCallbacks,
+)
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -15,11 +26,20 @@ from zope.interface.verify import verifyObject
 
 from shim import keys
 from shim.backends import load_backend
+from shim.calls import BackendCaller
 from shim.config import ConfigError, load_config
 from shim.etcd import EtcdClient
 from shim.interfaces import IBackend
+from shim.metrics import Metrics
 from shim.model import Changes, Model, Port, decode
-from shim.plugins.http import HttpBackend, HttpBackendError, parse_options
+from shim.plugins.http import (
+    DEFAULT_MAX_IN_FLIGHT,
+    HttpBackend,
+    HttpBackendError,
+    HttpBackendTimeout,
+    HttpOptions,
+    parse_options,
+)
 from shim.portstate import BOUND
 from shim.proton import ProtonClient
 from shim.service import ShimService
@@ -28,11 +48,20 @@ from shim.test.support import write_config
 
 VIF = {"vif_type": "vhostuser", "vif_details": {"sock": "/run/vhu/p1.sock"}}
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 class VendorService(Resource):
     """
     A vendor's web service: records each request's decoded JSON body and answers with
-    C{answer(body)}, a C{(status code, body bytes)} pair, or a Deferred firing with one.
+    C{answer(body)}, a C{(status code, body bytes)} pair, or a Deferred firing with one
+    (the answer is then sent chunked).
+
+    @ivar open: requests received and not answered yet.
+    @ivar most_open: the most requests open at once so far.
+    @ivar clients: the client ports seen, one per connection.
+    @ivar lost: the bodies of requests whose connection closed before the answer.
+    @ivar on_lost: called with each such body.
     """
 
     isLeaf = True
@@ -42,20 +71,42 @@ class VendorService(Resource):
         self.requests = []
         self.content_types = []
         self.answer = lambda body: (200, b"")
+        self.open = 0
+        self.most_open = 0
+        self.clients = set()
+        self.lost = []
+        self.on_lost = lambda body: None
 
     def render_POST(self, request):
         body = json.loads(request.content.read())
         self.requests.append(body)
         self.content_types.append(request.getHeader(b"content-type"))
+        self.clients.add(request.getClientAddress().port)
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        gone = []
+        request.notifyFinish().addCallbacks(
+            self._closed, self._lost, errbackArgs=(body, gone))
         answer = self.answer(body)
         if isinstance(answer, Deferred):
-            answer.addCallback(self._finish, request)
+            answer.addCallback(self._finish, request, gone)
             return NOT_DONE_YET
         code, data = answer
         request.setResponseCode(code)
         return data
 
-    def _finish(self, answer, request):
+    def _closed(self, _):
+        self.open -= 1
+
+    def _lost(self, failure, body, gone):
+        self.open -= 1
+        gone.append(True)
+        self.lost.append(body)
+        self.on_lost(body)
+
+    def _finish(self, answer, request, gone):
+        if gone:
+            return
         code, data = answer
         request.setResponseCode(code)
         request.write(data)
@@ -104,9 +155,9 @@ class ServerTestCase(TestCase):
         self.url = "http://127.0.0.1:%d/shim" % (self.listening.getHost().port,)
         self.backend = self.make_backend()
 
-    def make_backend(self, **options):
+    def make_backend(self, clock=None, **options):
         options.setdefault("url", self.url)
-        backend = HttpBackend(options)
+        backend = HttpBackend(options, clock=clock)
         self.addCleanup(backend.close)
         return backend
 
@@ -135,15 +186,25 @@ class OptionTests(TestCase):
             self.assertBad({"url": "http://h/x", "timeout": text},
                            "[backend] timeout", repr(text))
 
+    def test_counts_bad(self):
+        for name in ("max_in_flight", "max_response_bytes"):
+            for text in ("many", "0", "-1", "1.5", "1e3", "0x10"):
+                self.assertBad({"url": "http://h/x", name: text},
+                               "[backend] %s" % (name,), repr(text), "whole number")
+
     def test_unknown_option(self):
         self.assertBad({"url": "http://h/x", "uri": "http://h/y"},
-                       "[backend] uri", "unknown", "url, timeout")
+                       "[backend] uri", "unknown",
+                       "url, timeout, max_in_flight, max_response_bytes")
 
     def test_defaults(self):
         self.assertEqual(parse_options({"url": "https://h:8443/shim"}),
-                         ("https://h:8443/shim", 5.0))
-        self.assertEqual(parse_options({"url": "http://h/x", "timeout": "0.5"}),
-                         ("http://h/x", 0.5))
+                         HttpOptions("https://h:8443/shim", 5.0, 64, 1024 * 1024))
+        self.assertEqual(
+            parse_options({"url": "http://h/x", "timeout": "0.5", "max_in_flight": "8",
+                           "max_response_bytes": " 4096 "}),
+            HttpOptions("http://h/x", 0.5, 8, 4096))
+        self.assertEqual(DEFAULT_MAX_IN_FLIGHT, 64)
 
     def test_load_backend_reports_the_option(self):
         """
@@ -157,6 +218,19 @@ class OptionTests(TestCase):
         self.assertIn(path, str(e))
         self.assertIn("'http'", str(e))
         self.assertIn("[backend] url", str(e))
+
+    def test_load_backend_reports_a_bad_count(self):
+        """
+        A bad max_in_flight stops the shim at start-up, naming the option and value.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = write_config(
+            directory, ["http://127.0.0.1:2379"], backend="http",
+            extra="\n[backend]\nurl = http://127.0.0.1:8181/shim\nmax_in_flight = 0\n")
+        e = self.assertRaises(ConfigError, load_backend, load_config(path))
+        self.assertIn(path, str(e))
+        self.assertIn("[backend] max_in_flight: '0'", str(e))
 
 
 class BindTests(ServerTestCase):
@@ -275,6 +349,8 @@ class BindTests(ServerTestCase):
         e = yield self.assertFailure(
             backend.bind_port("p1", sample_model(), Changes({}, {})), HttpBackendError)
         self.assertIn("no answer within 0.2s", str(e))
+        self.assertIsInstance(e, HttpBackendTimeout)
+        self.assertIsInstance(e, TimeoutError)
         for d in pending:
             d.callback((200, b"{}"))
 
@@ -367,6 +443,334 @@ class NotificationTests(ServerTestCase):
             HttpBackendError)
         self.assertIn("404", str(e))
         self.assertIn("delete_service_binding of port p1", str(e))
+
+
+class Held:
+    """
+    Answers the vendor service holds back until the test releases them, in arrival
+    order; C{arrived(n)} fires once C{n} requests have come.
+    """
+
+    def __init__(self, vendor):
+        self.vendor = vendor
+        self.pending = []
+        self._waits = []
+        vendor.answer = self._hold
+
+    def _hold(self, body):
+        d = Deferred()
+        self.pending.append(d)
+        for n, wait in list(self._waits):
+            if len(self.vendor.requests) >= n:
+                self._waits.remove((n, wait))
+                reactor.callLater(0, wait.callback, None)
+        return d
+
+    def arrived(self, n):
+        wait = Deferred()
+        if len(self.vendor.requests) >= n:
+            wait.callback(None)
+        else:
+            self._waits.append((n, wait))
+        return wait
+
+    def release(self, answer=(200, json.dumps(VIF).encode("utf-8"))):
+        """
+        Answer the oldest held request.
+        """
+        self.pending.pop(0).callback(answer)
+
+    def release_all(self):
+        while self.pending:
+            self.release()
+
+
+def bind(backend, uuid, model=None):
+    return backend.bind_port(uuid, model or sample_model(), Changes({}, {}))
+
+
+class LoadTests(ServerTestCase):
+    """
+    At most [backend] max_in_flight requests out at once, the others queued in order;
+    queued time is not the request's; cancelling frees the queue or the connection.
+    """
+
+    @inlineCallbacks
+    def test_max_in_flight(self):
+        """
+        With max_in_flight = 3, twenty calls at once never have more than three
+        requests open at the server, over at most three connections, and all succeed.
+        """
+        backend = self.make_backend(max_in_flight="3")
+        total = 20
+        held = []
+
+        def answer(body):
+            d = Deferred()
+            held.append(d)
+            # Answer once three are open (or the last ones have come), so that the
+            # bound is reached each round.
+            if len(held) == 3 or len(self.vendor.requests) == total:
+                batch = held[:]
+                del held[:]
+                reactor.callLater(0, lambda: [
+                    b.callback((200, json.dumps(VIF).encode("utf-8"))) for b in batch])
+            return d
+
+        self.vendor.answer = answer
+        calls = [bind(backend, "p%d" % (i,)) for i in range(total)]
+        self.assertEqual((backend.limit.running, backend.limit.waiting), (3, 17))
+        results = yield gatherResults(calls)
+        self.assertEqual(results, [VIF] * total)
+        self.assertEqual(len(self.vendor.requests), total)
+        self.assertEqual(self.vendor.most_open, 3)
+        self.assertLessEqual(len(self.vendor.clients), 3)
+        self.assertEqual((backend.limit.running, backend.limit.waiting), (0, 0))
+
+    @inlineCallbacks
+    def test_queue_order(self):
+        """
+        Queued calls are sent first come, first served.
+        """
+        backend = self.make_backend(max_in_flight="1")
+        held = Held(self.vendor)
+        names = ["p%d" % (i,) for i in range(6)]
+        calls = [bind(backend, name) for name in names]
+        for n in range(1, len(names) + 1):
+            yield held.arrived(n)
+            held.release()
+        yield gatherResults(calls)
+        self.assertEqual([r["uuid"] for r in self.vendor.requests], names)
+
+    @inlineCallbacks
+    def test_queued_time_is_not_the_requests(self):
+        """
+        A call queued for 0.9 s then answered 0.9 s after it was sent succeeds with
+        [backend] timeout = 1: its time limit starts when its request is sent.
+        """
+        clock = Clock()
+        backend = self.make_backend(clock=clock, max_in_flight="1", timeout="1")
+        held = Held(self.vendor)
+        first = bind(backend, "p1")
+        second = bind(backend, "p2")
+        outcomes = []
+        second.addBoth(lambda result: outcomes.append(result) or result)
+        yield held.arrived(1)
+        clock.advance(0.9)
+        held.release()
+        self.assertEqual((yield first), VIF)
+        yield held.arrived(2)
+        clock.advance(0.9)
+        self.assertEqual(outcomes, [])
+        held.release()
+        self.assertEqual((yield second), VIF)
+        # The sent request's own time limit still applies.
+        third = bind(backend, "p3")
+        yield held.arrived(3)
+        clock.advance(1)
+        e = yield self.assertFailure(third, HttpBackendTimeout)
+        self.assertIn("for bind_port of port p3: no answer within 1s", str(e))
+
+    @inlineCallbacks
+    def test_request_timeout_is_a_timeout(self):
+        """
+        Through the shim's BackendCaller, the backend's own request time-out is
+        counted with outcome "timeout", not "error".
+        """
+        clock = Clock()
+        backend = self.make_backend(clock=clock, timeout="2")
+        metrics = Metrics()
+        caller = BackendCaller(backend, 30, clock, metrics)
+        held = Held(self.vendor)
+        call = caller.call("bind_port", "port p1", "p1", sample_model(), Changes({}, {}))
+        yield held.arrived(1)
+        clock.advance(2)
+        self.assertEqual((yield call), (False, None))
+
+        def count(outcome):
+            return metrics.registry.get_sample_value(
+                "shim_backend_calls_total",
+                {"callback": "bind_port", "outcome": outcome}) or 0
+
+        self.assertEqual((count("timeout"), count("error")), (1, 0))
+
+    @inlineCallbacks
+    def test_caller_timeout_while_queued(self):
+        """
+        The caller's time limit counts the queued time: a call still queued when it
+        runs out is cancelled, counted as a time-out, and never sent.
+        """
+        clock = Clock()
+        backend = self.make_backend(clock=clock, max_in_flight="1", timeout="5")
+        metrics = Metrics()
+        caller = BackendCaller(backend, 2.5, clock, metrics)
+        held = Held(self.vendor)
+        first = bind(backend, "p1")
+        queued = caller.call("bind_port", "port p2", "p2", sample_model(),
+                             Changes({}, {}))
+        yield held.arrived(1)
+        clock.advance(2.5)
+        self.assertEqual((yield queued), (False, None))
+        self.assertEqual(metrics.registry.get_sample_value(
+            "shim_backend_calls_total", {"callback": "bind_port", "outcome": "timeout"}),
+            1)
+        self.assertEqual(backend.limit.waiting, 0)
+        held.release()
+        yield first
+        after = bind(backend, "p3")
+        yield held.arrived(2)
+        held.release()
+        yield after
+        self.assertEqual([r["uuid"] for r in self.vendor.requests], ["p1", "p3"])
+
+    @inlineCallbacks
+    def test_cancelled_queued_call_never_sent(self):
+        """
+        A queued call cancelled leaves the queue: it fails with CancelledError and its
+        request is never sent.
+        """
+        backend = self.make_backend(max_in_flight="1")
+        held = Held(self.vendor)
+        first = bind(backend, "p1")
+        queued = bind(backend, "p2")
+        last = bind(backend, "p3")
+        yield held.arrived(1)
+        self.assertEqual(backend.limit.waiting, 2)
+        queued.cancel()
+        yield self.assertFailure(queued, CancelledError)
+        self.assertEqual(backend.limit.waiting, 1)
+        held.release()
+        yield first
+        yield held.arrived(2)
+        held.release()
+        yield last
+        self.assertEqual([r["uuid"] for r in self.vendor.requests], ["p1", "p3"])
+
+    @inlineCallbacks
+    def test_cancelled_call_in_flight_closes_its_connection(self):
+        """
+        A call cancelled while its request is out fails with CancelledError, closes
+        its connection (the server sees it go), and frees its place for the next call.
+        """
+        backend = self.make_backend(max_in_flight="1")
+        held = Held(self.vendor)
+        lost = Deferred()
+        self.vendor.on_lost = lost.callback
+        call = bind(backend, "p1")
+        queued = bind(backend, "p2")
+        yield held.arrived(1)
+        call.cancel()
+        yield self.assertFailure(call, CancelledError)
+        body = yield lost
+        self.assertEqual(body["uuid"], "p1")
+        yield held.arrived(2)
+        held.pending.pop(0)
+        held.release()
+        self.assertEqual((yield queued), VIF)
+
+    @inlineCallbacks
+    def test_oversized_answer(self):
+        """
+        An answer larger than [backend] max_response_bytes fails the call, naming the
+        callback, the port and the option, whether its length is announced or not
+        (chunked); the backend then goes on working.
+        """
+        backend = self.make_backend(max_response_bytes="100")
+        big = json.dumps(dict(VIF, padding="x" * 200)).encode("utf-8")
+        self.vendor.answer = lambda body: (200, big)
+        e = yield self.assertFailure(bind(backend, "p1"), HttpBackendError)
+        for words in ("bind_port of port p1", "%d bytes" % (len(big),),
+                      "more than the 100 allowed", "[backend] max_response_bytes"):
+            self.assertIn(words, str(e))
+
+        held = Held(self.vendor)
+        call = backend.modify_port("p2", sample_model(), Changes({}, {}))
+        yield held.arrived(2)
+        held.release((200, big))
+        e = yield self.assertFailure(call, HttpBackendError)
+        for words in ("modify_port of port p2", "more than the 100 allowed",
+                      "[backend] max_response_bytes"):
+            self.assertIn(words, str(e))
+
+        self.vendor.answer = json_answer(VIF)
+        self.assertEqual((yield bind(backend, "p3")), VIF)
+
+
+class _Child(ProcessProtocol):
+    def __init__(self):
+        self.out = []
+        self.err = []
+        self.ended = Deferred()
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+def burst_with_few_files(url, count, files):
+    """
+    Run in a child process: lower the open-file limit to C{files}, make C{count}
+    bind_port calls at once through an http backend with default options, and print
+    one JSON line: the limit in force, how many succeeded, and the first errors.
+    """
+    import resource
+
+    from twisted.internet import task
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (files, hard))
+
+    @inlineCallbacks
+    def main(reactor):
+        backend = HttpBackend({"url": url})
+        model = sample_model()
+        calls = [backend.bind_port("p%d" % (i,), model, Changes({}, {}))
+                 for i in range(count)]
+        results = yield DeferredList(calls, consumeErrors=True)
+        yield backend.close()
+        print(json.dumps({
+            "files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "ok": sum(1 for ok, value in results if ok and value == VIF),
+            "errors": [value.getErrorMessage() for ok, value in results if not ok][:5],
+        }))
+
+    task.react(main)
+
+
+class FileLimitTests(ServerTestCase):
+    """
+    A burst far larger than the process's file limit completes: the backend opens at
+    most max_in_flight connections.
+    """
+
+    timeout = 180
+
+    @inlineCallbacks
+    def test_burst_with_256_files(self):
+        count = 2000
+        self.vendor.answer = json_answer(VIF)
+        child = _Child()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + (
+            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        code = ("from shim.test.test_http_backend import burst_with_few_files; "
+                "burst_with_few_files(%r, %d, 256)" % (self.url, count))
+        reactor.spawnProcess(child, sys.executable, [sys.executable, "-c", code],
+                             env=env, path=REPO)
+        exit_code = yield child.ended
+        err = b"".join(child.err).decode("utf-8", "replace")
+        self.assertEqual(exit_code, 0, err)
+        outcome = json.loads(b"".join(child.out).decode("utf-8").splitlines()[-1])
+        self.assertEqual(outcome["files"], 256)
+        self.assertEqual(outcome["errors"], [])
+        self.assertEqual(outcome["ok"], count)
+        self.assertEqual(len(self.vendor.requests), count)
+        self.assertLessEqual(len(self.vendor.clients), DEFAULT_MAX_IN_FLIGHT)
 
 
 class EndToEndTests(ServerTestCase):
