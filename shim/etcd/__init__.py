@@ -1,23 +1,26 @@
 """
-The etcd v3 client of the shim, speaking etcd's JSON gateway (/v3/...) with treq.
+The etcd clients of the shim: L{EtcdClient} speaks etcd's v3 JSON gateway
+(/v3/...), L{EtcdV2Client} the v2 keys API (/v2/keys/...), both with treq and with
+the same surface, so that the service does not know which API it talks to.
 
-See docs/architecture.md, "The etcd client API".
+See docs/architecture.md, "The etcd client API", and docs/etcd-v2.md.
 """
 
 from shim.etcd.errors import (
-    AuthFailed, Compacted, ConnectionFailed, EtcdError, NotFound, RequestTooLarge,
-    TLSFailed, Timeout, Unavailable)
+    AuthFailed, Compacted, ConnectionFailed, EtcdError, MessageTooLarge, NotFound,
+    RequestTooLarge, TLSFailed, Timeout, Unavailable)
 from shim.etcd.wire import (
-    Compare, DeleteResult, KeyValue, Lease, Op, PutResult, RangeResult, Status,
+    CasResult, Compare, DeleteResult, KeyValue, Lease, Op, PutResult, RangeResult, Status,
     TxnResult, WatchEnded, WatchEvent)
 from shim.etcd.watch import Watch, WatchStreamParser
 from shim.etcd.client import EtcdClient
+from shim.etcd.v2 import EtcdV2Client
 
 __all__ = [
-    "EtcdClient", "Watch", "WatchStreamParser",
+    "EtcdClient", "EtcdV2Client", "Watch", "WatchStreamParser",
     "Compare", "Op",
-    "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult", "Status",
+    "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult", "CasResult", "Status",
     "Lease", "WatchEvent", "WatchEnded",
     "EtcdError", "ConnectionFailed", "Timeout", "Compacted", "AuthFailed",
-    "RequestTooLarge", "Unavailable", "NotFound", "TLSFailed",
+    "RequestTooLarge", "Unavailable", "NotFound", "TLSFailed", "MessageTooLarge",
 ]

@@ -523,6 +523,42 @@ class EtcdClient(object):
         return self._call("txn", "/kv/txn", wire.txn_request(compare, success, failure),
                           wire.decode_txn)
 
+    def put_if(self, key, value, mod_revision, guard=()):
+        """
+        Write C{key} only if it is as the caller last saw it -> L{wire.CasResult}.
+
+        @param mod_revision: the key's modification revision as last read or
+            written; 0 means "only if the key does not exist".
+        @param guard: more conditions (built with L{wire.Compare}) that must hold
+            too, in the same transaction (for instance on another key).
+        @return: a Deferred firing with C{CasResult(succeeded, revision)}; a failed
+            compare is C{succeeded=False}, not an error.
+        """
+        return self._cas("put_if %r" % (key,), key, mod_revision, guard,
+                         wire.Op.put(key, value))
+
+    def delete_if(self, key, mod_revision, guard=()):
+        """
+        Delete C{key} only if its modification revision is still C{mod_revision}
+        (and every C{guard} holds) -> L{wire.CasResult}.
+        """
+        if not mod_revision:
+            raise ValueError("delete_if %r: mod_revision must be the key's revision,"
+                             " not %r" % (key, mod_revision))
+        return self._cas("delete_if %r" % (key,), key, mod_revision, guard,
+                         wire.Op.delete(key))
+
+    def _cas(self, call, key, mod_revision, guard, op):
+        if mod_revision:
+            compare = [wire.Compare.mod_revision(key, "==", mod_revision)]
+        else:
+            compare = [wire.Compare.version(key, "==", 0)]
+        compare.extend(guard)
+        return self._call(call, "/kv/txn", wire.txn_request(compare, [op]),
+                          lambda message: wire.CasResult(
+                              bool(message.get("succeeded", False)),
+                              wire.header_revision(message)))
+
     def compact(self, revision, physical=True):
         """Compact the history up to C{revision}; fires with the header revision."""
         return self._call("compact %s" % (revision,), "/kv/compaction",

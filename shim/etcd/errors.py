@@ -98,6 +98,27 @@ class NotFound(EtcdError):
     """The object (for instance a lease) does not exist."""
 
 
+class MessageTooLarge(EtcdError):
+    """
+    One message of a watch stream is larger than the client accepts
+    (L{shim.etcd.watch.MAX_WATCH_MESSAGE}).  Resuming would read it again: the
+    caller resynchronises fully instead.
+    """
+
+
+def is_auth_refusal(text):
+    """
+    Whether etcd's text (a watch's C{cancel_reason}, an error message) says that our
+    credentials or permissions were refused: an invalid or expired token, no user
+    name (a token etcd no longer knows), permission denied.
+    """
+    lower = (text or "").lower()
+    return ("invalid auth token" in lower or "user name is empty" in lower
+            or "permission denied" in lower or "auth token" in lower
+            or "unauthenticated" in lower or "authentication failed" in lower
+            or "permissiondenied" in lower)
+
+
 def is_invalid_token(error):
     """
     Whether C{error} says our auth token is no longer accepted, so that a fresh

@@ -9,6 +9,15 @@ firing C{done} with a L{WatchEnded} that says why; the caller restarts from
 C{last_revision + 1}. The parser is on the service's hot path (tens of thousands of
 events per second), so it does one C{json.loads} per line, a base64 decode per
 field and one tuple per event, and nothing else.
+
+Two endings need more than a resume:
+  - C{"auth"}: etcd refused our token or our permissions.  etcd confirms such a
+    watch (C{created}) and cancels it in the same breath, so C{started} fires; a
+    caller tells it from a working watch by C{events_seen}, still 0.  The client
+    has dropped the token by then, so its next call authenticates again.
+  - C{"too_large"}: one message over L{MAX_WATCH_MESSAGE}.  The parser holds at
+    most that many bytes of an unfinished message, then gives up: a resume would
+    read the same message again, so the caller resynchronises fully.
 """
 
 import json
@@ -19,11 +28,31 @@ from twisted.logger import Logger
 
 from shim.etcd import wire
 from shim.etcd.errors import (
-    Compacted, ConnectionFailed, EtcdError, Timeout, describe_failure,
-    error_from_status, is_invalid_token)
+    AuthFailed, Compacted, ConnectionFailed, EtcdError, MessageTooLarge, Timeout,
+    describe_failure, error_from_status, is_auth_refusal, is_invalid_token)
 from shim.etcd.wire import WatchEnded, WatchEvent  # noqa: F401 (re-exported)
 
 log = Logger()
+
+#: The largest watch message (one line of the stream) a watch accepts, in bytes.  A
+#: larger one ends the watch with reason C{"too_large"}.  Read when a watch (or a
+#: L{WatchStreamParser}) is made, so that a test can lower it.
+MAX_WATCH_MESSAGE = 64 * 1024 * 1024
+
+
+class LineTooLarge(ValueError):
+    """
+    A line of the stream is longer than the parser's cap.
+
+    @ivar size: how many bytes of it had arrived when the parser gave up.
+    @ivar limit: the cap.
+    """
+
+    def __init__(self, size, limit):
+        ValueError.__init__(self, "a watch message of more than %d bytes (%d bytes"
+                            " of it held)" % (limit, size))
+        self.size = size
+        self.limit = limit
 
 
 class WatchStreamParser(object):
@@ -31,42 +60,57 @@ class WatchStreamParser(object):
     Split a newline-delimited JSON byte stream into decoded messages, in order.
 
     @ivar stopped: set to stop delivering (the rest of the stream is ignored).
+    @ivar max_message: the longest line accepted, in bytes; a longer one raises
+        L{LineTooLarge} as soon as that many bytes of it are held.
     """
 
-    def __init__(self, on_message):
+    def __init__(self, on_message, max_message=None):
         self._on_message = on_message
         self._pending = []
+        self._held = 0
+        self.max_message = MAX_WATCH_MESSAGE if max_message is None else max_message
         self.stopped = False
 
     def feed(self, data):
         """
         Take the next bytes of the stream; call C{on_message} with each complete
-        message. Raises C{ValueError} for a line that is not JSON.
+        message. Raises C{ValueError} for a line that is not JSON, L{LineTooLarge}
+        (a C{ValueError}) for one longer than C{max_message}.
         """
+        limit = self.max_message
         if b"\n" not in data:
             if data:
                 self._pending.append(data)
+                self._held += len(data)
+                if self._held > limit:
+                    raise LineTooLarge(self._held, limit)
             return
         lines = data.split(b"\n")
         if self._pending:
             self._pending.append(lines[0])
             lines[0] = b"".join(self._pending)
             self._pending = []
+            self._held = 0
         tail = lines.pop()
         if tail:
             self._pending.append(tail)
+            self._held = len(tail)
         loads = json.loads
         on_message = self._on_message
         for line in lines:
             if self.stopped:
                 return
+            if len(line) > limit:
+                raise LineTooLarge(len(line), limit)
             if line and not line.isspace():
                 on_message(loads(line))
+        if self._held > limit and not self.stopped:
+            raise LineTooLarge(self._held, limit)
 
     @property
     def buffered(self):
         """How many bytes of an unfinished message are held."""
-        return sum(len(chunk) for chunk in self._pending)
+        return self._held
 
 
 class _WatchProtocol(Protocol):
@@ -97,6 +141,9 @@ class Watch(object):
     @ivar last_revision: the highest revision seen (events and progress
         notifications); before any, C{start_revision - 1}.
     @ivar endpoint: the endpoint the watch is connected to, once it is.
+    @ivar events_seen: how many events and progress notifications arrived.  etcd
+        confirms a watch whose token or permissions it refuses and cancels it at
+        once: a watch that ends with this still 0 was never really connected.
     """
 
     # How long to wait for the connection to close after we stop it.
@@ -123,6 +170,7 @@ class Watch(object):
         self.done = defer.Deferred()
         self.endpoint = None
         self.watch_id = None
+        self.events_seen = 0
         self._parser = WatchStreamParser(self._message)
         self._protocol = None
         self._opening = None
@@ -158,6 +206,9 @@ class Watch(object):
             error = failure.value
             if isinstance(error, (ConnectionFailed, Timeout)):
                 self._end("connection_lost", None, error)
+            elif isinstance(error, AuthFailed):
+                self._client._token_rejected(self._token)
+                self._end("auth", None, error)
             elif isinstance(error, EtcdError):
                 self._end("cancelled", None, error)
             else:
@@ -243,6 +294,11 @@ class Watch(object):
         self._last_activity = self._reactor.seconds()
         try:
             self._parser.feed(data)
+        except LineTooLarge as e:
+            self._end("too_large", None, MessageTooLarge(
+                None, "etcd %s at %s: %s; the watch ends, resynchronise instead of"
+                " resuming (the limit is shim.etcd.watch.MAX_WATCH_MESSAGE)"
+                % (self._call, self.endpoint, e)))
         except ValueError as e:
             self._end("connection_lost", None, EtcdError(
                 None, "etcd %s at %s: garbled watch stream: %s"
@@ -257,9 +313,13 @@ class Watch(object):
             fields = wire.error_fields(message)
             if fields is not None:
                 error = error_from_status(fields[0], fields[1], self._call, self.endpoint)
-                if is_invalid_token(error):
+                if isinstance(error, AuthFailed) or is_invalid_token(error):
                     self._client._token_rejected(self._token)
-                self._end("cancelled", None, error)
+                    if not isinstance(error, AuthFailed):
+                        error = AuthFailed(error.code, error.message)
+                    self._end("auth", None, error)
+                else:
+                    self._end("cancelled", None, error)
             return
         header = result.get("header")
         if header is not None:
@@ -267,6 +327,7 @@ class Watch(object):
         events = result.get("events")
         if events:
             on_event = self._on_event
+            self.events_seen += len(events)
             for event in wire.decode_watch_events(events):
                 self.last_revision = event.mod_revision
                 try:
@@ -293,13 +354,22 @@ class Watch(object):
                                                    self.last_revision + 1, compact)))
             else:
                 reason = result.get("cancel_reason") or "no reason given"
-                self._end("cancelled", None, EtcdError(
-                    None, "etcd %s at %s: cancelled by etcd: %s"
-                    % (self._call, self.endpoint, reason)))
+                if is_auth_refusal(reason):
+                    # The token expired or died with an etcd restart, or our user
+                    # lost a permission: authenticate again before the next try.
+                    self._client._token_rejected(self._token)
+                    self._end("auth", None, AuthFailed(
+                        None, "etcd %s at %s: cancelled by etcd for authentication"
+                        " or permission: %s" % (self._call, self.endpoint, reason)))
+                else:
+                    self._end("cancelled", None, EtcdError(
+                        None, "etcd %s at %s: cancelled by etcd: %s"
+                        % (self._call, self.endpoint, reason)))
             return
         if result.get("created"):
             return
         # A progress notification: etcd has nothing more up to this revision.
+        self.events_seen += 1
         revision = int(header.get("revision", 0)) if header is not None else 0
         if revision > self.last_revision:
             self.last_revision = revision

@@ -41,8 +41,16 @@ WatchEvent.__doc__ = (
 WatchEnded = namedtuple("WatchEnded", "reason compact_revision error")
 WatchEnded.__doc__ = (
     "Why a watch ended: reason is 'stopped', 'connection_lost', 'compacted',"
-    " 'cancelled' or 'idle'; compact_revision is set for 'compacted'; error is an"
-    " EtcdError or None.")
+    " 'cancelled', 'idle', 'auth' (etcd refused our credentials or permissions: the"
+    " client has dropped its token, the next call authenticates again) or"
+    " 'too_large' (one message over the cap: resync fully, a resume would read it"
+    " again); compact_revision is set for 'compacted'; error is an EtcdError or None.")
+
+CasResult = namedtuple("CasResult", "succeeded revision")
+CasResult.__doc__ = (
+    "A compare-and-set write (put_if, delete_if): C{succeeded} is False when the"
+    " compare failed (nothing was written); C{revision} is the revision of the write,"
+    " or etcd's current revision when it failed.")
 
 
 def b64(data):

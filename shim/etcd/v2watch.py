@@ -1,0 +1,212 @@
+"""
+V2Watch: a recursive watch over etcd's v2 keys API, with the surface of the v3
+L{shim.etcd.watch.Watch}.
+
+It holds one long stream, C{GET /v2/keys/<dir>/?wait=true&recursive=true&stream=true
+&waitIndex=N}: etcd (3.4, 3.5) writes each event as one JSON object followed by a
+newline, so the v3 L{WatchStreamParser} cuts it, with the same cap on one message.
+
+Two traits of etcd's v2 watcher hub shape it:
+  - A watch from an index etcd has already passed gets the first matching event from
+    its history, and nothing more: the stream stays open and silent.  Such an event
+    is known by its index being at most the store index etcd gave in the answer's
+    C{X-Etcd-Index} header.  The watch then opens a new stream from the next index,
+    and so on until it has caught up (one request per event of the backlog); from
+    then on one stream carries every event.
+  - etcd drops a stream watcher that has 100 events unsent: the stream ends; the
+    watch ends with C{"connection_lost"} and the caller resumes from
+    C{last_revision + 1}.  etcd keeps the last 1000 events only (of the whole store,
+    not of this directory): an older index is "event index cleared", which ends the
+    watch with C{"compacted"}, C{compact_revision} being the oldest index etcd holds.
+
+v2 sends no progress notifications (C{on_progress} is never called): an idle
+timeout on a quiet store would end a healthy watch, so keep it off (None).
+"""
+
+from urllib.parse import urlencode
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from shim.etcd import v2wire
+from shim.etcd.errors import (
+    AuthFailed, Compacted, ConnectionFailed, EtcdError, Timeout, describe_failure)
+from shim.etcd.watch import Watch, WatchStreamParser, _WatchProtocol
+
+log = Logger()
+
+
+class V2Watch(Watch):
+    """
+    A running v2 watch; made by L{shim.etcd.v2.EtcdV2Client.watch}.
+
+    @ivar started: fires (with the watch) once the first stream is open; errbacks
+        if the watch ends before that.
+    @ivar done: fires exactly once, never errbacks, with a L{WatchEnded}.
+    @ivar last_revision: the index of the last event delivered; before any,
+        C{start_revision - 1} (from now: the store index when the stream opened).
+    @ivar endpoint: the endpoint of the current stream.
+    @ivar events_seen: how many events arrived.
+    @ivar reopens: how many streams were opened again while catching up.
+    """
+
+    def __init__(self, client, key, start_revision, on_event, prefix=True,
+                 prev_kv=False, progress_notify=True, idle_timeout=None,
+                 on_progress=None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._client = client
+        self.key = key
+        self.start_revision = start_revision
+        self._on_event = on_event
+        self._on_progress = on_progress
+        self._prev_kv = prev_kv
+        self._recursive = prefix
+        self._next = int(start_revision) if start_revision else None
+        self.last_revision = (self._next - 1) if self._next else 0
+        self._idle_timeout = idle_timeout
+        self._path = v2wire.key_path(key)
+        self._call = "watch %r" % (key,)
+        self.started = defer.Deferred()
+        self.done = defer.Deferred()
+        self.endpoint = None
+        self.watch_id = None
+        self.events_seen = 0
+        self.reopens = 0
+        self._parser = WatchStreamParser(self._message)
+        self._protocol = None
+        self._opening = None
+        self._ending = None
+        self._watchdog = None
+        self._grace = None
+        self._token = None
+        self._last_activity = 0.0
+        self._store_index = 0
+        self._live = False
+        self._reopening = False
+
+    def __repr__(self):
+        return "<V2Watch %r from %s last_revision=%d>" % (
+            self.key, self.start_revision, self.last_revision)
+
+    # -- life cycle -----------------------------------------------------
+
+    def _start(self):
+        self._last_activity = self._reactor.seconds()
+        if self._idle_timeout:
+            self._watchdog = self._reactor.callLater(self._idle_timeout, self._check_idle)
+        self._open()
+
+    def _open(self):
+        query = {"wait": "true", "stream": "true"}
+        if self._recursive:
+            query["recursive"] = "true"
+        if self._next:
+            query["waitIndex"] = str(self._next)
+        self._opening = self._client._open_stream(
+            self._call, self._path + "?" + urlencode(query))
+        self._opening.addCallbacks(self._opened, self._open_failed)
+
+    def _opened(self, result):
+        self._opening = None
+        self.endpoint, response = result
+        self._last_activity = self._reactor.seconds()
+        index = response.headers.getRawHeaders(b"x-etcd-index")
+        self._store_index = int(index[0]) if index else 0
+        if self._next is None:
+            # From now: etcd registered the watcher at this index.
+            self.last_revision = self._store_index
+            self._next = self._store_index + 1
+        self._live = self._next > self._store_index
+        self._parser = WatchStreamParser(self._message)
+        if self._ending is not None:
+            self._parser.stopped = True
+        if not self.started.called and self._ending is None:
+            self.started.callback(self)
+        response.deliverBody(_WatchProtocol(self))
+
+    def _open_failed(self, failure):
+        self._opening = None
+        if self._ending is None:
+            self._end(*_ending_for(failure, self._call))
+        self._finish()
+
+    def _lost(self, reason):
+        self._protocol = None
+        if self._reopening and self._ending is None:
+            # A history event was delivered: ask for the next one.
+            self._reopening = False
+            self.reopens += 1
+            self._open()
+            return
+        if self._ending is None:
+            self._end("connection_lost", None, ConnectionFailed(
+                None, "etcd %s at %s: the v2 watch stream ended (%s); etcd drops a v2"
+                " watcher that falls 100 events behind, resume from index %d"
+                % (self._call, self.endpoint, describe_failure(reason),
+                   self.last_revision + 1)))
+        self._finish()
+
+    def _end(self, reason, compact_revision=None, error=None):
+        self._reopening = False
+        Watch._end(self, reason, compact_revision, error)
+
+    # -- the stream -----------------------------------------------------
+
+    def _message(self, message):
+        """One event (or error) of the stream."""
+        if self._ending is not None or self._reopening:
+            return
+        if "errorCode" in message:
+            error = v2wire.error_from_v2(200, message, self._call, self.endpoint)
+            self._end(*_ending_for_error(error))
+            return
+        try:
+            index, event = v2wire.decode_event(message, self._prev_kv)
+        except (KeyError, TypeError, ValueError) as e:
+            self._end("connection_lost", None, EtcdError(
+                None, "etcd %s at %s: a v2 watch event without a node or index (%s):"
+                " %r" % (self._call, self.endpoint, e, str(message)[:200])))
+            return
+        self.events_seen += 1
+        if index > self.last_revision:
+            self.last_revision = index
+        self._next = index + 1
+        if event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.failure("etcd {call}: on_event failed for {key} at {revision}",
+                            call=self._call, key=event.key, revision=index)
+        if not self._live and self._ending is None:
+            if index <= self._store_index:
+                # From etcd's history: this stream will carry nothing more.
+                self._reopening = True
+                self._parser.stopped = True
+                if self._protocol is not None:
+                    self._protocol.transport.stopProducing()
+            else:
+                self._live = True
+
+
+def _ending_for_error(error):
+    """(reason, compact_revision, error) for an L{EtcdError} of a v2 watch."""
+    if isinstance(error, Compacted):
+        return "compacted", error.compact_revision, error
+    if isinstance(error, AuthFailed):
+        return "auth", None, error
+    if isinstance(error, (ConnectionFailed, Timeout)):
+        return "connection_lost", None, error
+    if getattr(error, "v2_code", None) == v2wire.WATCHER_CLEARED:
+        return "connection_lost", None, error
+    return "cancelled", None, error
+
+
+def _ending_for(failure, call):
+    """(reason, compact_revision, error) for a failure to open a v2 stream."""
+    error = failure.value
+    if isinstance(error, EtcdError):
+        return _ending_for_error(error)
+    return "connection_lost", None, ConnectionFailed(
+        None, "etcd %s: could not open the watch: %s" % (call, failure.getErrorMessage()))
