@@ -404,6 +404,9 @@ class HttpBackend:
         # a POST is never retried automatically.
         self._pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
         self._agent = Agent(reactor, pool=self._pool)
+        # The same for every request (the agent copies them to add Host).
+        self._headers = Headers({b"Content-Type": [b"application/json"],
+                                 b"Accept": [b"application/json"]})
         self.log.info(
             "http backend posting to {url}, timeout {timeout}s, at most {max_in_flight} "
             "requests at once, answers up to {max_response_bytes} bytes",
@@ -453,25 +456,22 @@ class HttpBackend:
             its connection.  Either way it fails with L{CancelledError}.
         """
         where = "http backend: POST %s for %s of %s" % (self.url, callback, about)
+        d = self.limit.run(lambda: self._send(body, where))
+        d.addErrback(self._failed, where)
+        return d
+
+    def _send(self, body, where):
+        """
+        Send one request now; its time limit starts here, not when the call was made.
+        (The body is encoded here too: a burst of calls then costs its encoding as its
+        requests go out, not all of it before the first one can.)
+        """
         try:
             data = json.dumps(body, sort_keys=True).encode("utf-8")
         except (TypeError, ValueError) as e:
             raise HttpBackendError("%s: cannot encode the request as JSON: %s"
                                    % (where, e)) from None
-        d = self.limit.run(lambda: self._send(data, where))
-        d.addErrback(self._failed, where)
-        return d
-
-    def _send(self, data, where):
-        """
-        Send one request now; its time limit starts here, not when the call was made.
-        """
-        d = self._agent.request(
-            b"POST", self._url,
-            Headers({b"Content-Type": [b"application/json"],
-                     b"Accept": [b"application/json"]}),
-            _RequestBody(data),
-        )
+        d = self._agent.request(b"POST", self._url, self._headers, _RequestBody(data))
         d.addCallback(self._read, where)
         d.addTimeout(self.timeout, self._clock,
                      onTimeoutCancel=lambda result, timeout: self._timed_out(where))

@@ -669,6 +669,19 @@ class LoadTests(ServerTestCase):
         self.assertEqual((yield queued), VIF)
 
     @inlineCallbacks
+    def test_unencodable_body(self):
+        """
+        A body that is not JSON-serialisable fails its call (encoded when its turn
+        comes), and the next call still goes out.
+        """
+        e = yield self.assertFailure(
+            self.backend.post("bind_port", "port p1", {"x": object()}), HttpBackendError)
+        self.assertIn("bind_port of port p1: cannot encode the request as JSON", str(e))
+        self.assertEqual(self.backend.limit.running, 0)
+        self.vendor.answer = json_answer(VIF)
+        self.assertEqual((yield bind(self.backend, "p2")), VIF)
+
+    @inlineCallbacks
     def test_oversized_answer(self):
         """
         An answer larger than [backend] max_response_bytes fails the call, naming the
