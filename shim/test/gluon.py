@@ -38,7 +38,7 @@ import treq
 
 from twisted.internet import reactor
 from twisted.internet.defer import (
-    CancelledError, Deferred, inlineCallbacks, succeed)
+    Deferred, inlineCallbacks, succeed)
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
@@ -558,13 +558,15 @@ class BareResponder(object):
                                                recursive=True)
                 try:
                     answer = yield self._pending
-                except CancelledError:
-                    break
                 except EtcdV2Error as e:
                     if e.errorCode == 401:
                         # The 1000-event window ran out: read everything again.
                         index = yield self._snapshot()
                         continue
+                    raise
+                except Exception:
+                    if not self._running:
+                        break    # stop() cancelled the long poll
                     raise
                 finally:
                     self._pending = None
