@@ -4,6 +4,7 @@ over HTTP.
 """
 
 import json
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
@@ -11,11 +12,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.test.requesthelper import DummyRequest
 
-from shim import web
+from shim import __version__, web
+from shim.metrics import group_of
 from shim.portstate import BOUND, INUSE, UNBOUND
 from shim.test.etcdserver import start_etcd
-from shim.test.support import ShimRunner, proton_side, wait_for
+from shim.test.support import ShimRunner, proton_side, sleep, wait_for
 
 
 def samples(text):
@@ -29,18 +32,34 @@ def samples(text):
     return found
 
 
-class WebTests(TestCase):
+class _Overriding:
     """
-    A fresh etcd, a shim, and its operations endpoint on a free loopback port.
+    A service with some attributes replaced: the others are the wrapped one's.
+    """
+
+    def __init__(self, service, **attributes):
+        self.__dict__.update(attributes)
+        self._service = service
+
+    def __getattr__(self, name):
+        return getattr(self._service, name)
+
+
+class ShimWebCase(TestCase):
+    """
+    A fresh etcd, a shim (configured with C{extra}), and its operations endpoint on a
+    free loopback port; helpers to read it.
     """
 
     timeout = 120
+    extra = ""
 
     @inlineCallbacks
     def setUp(self):
         self.etcd = start_etcd(self)
         self.client, self.proton = proton_side(self, self.etcd)
-        self.shim = yield ShimRunner(self, [self.etcd.client_url]).start()
+        self.shim = yield ShimRunner(self, [self.etcd.client_url]).start(
+            extra=self.extra)
         port = yield web.listen(self.shim, ("127.0.0.1", 0), reactor)
         self.addCleanup(port.stopListening)
         self.base = "http://127.0.0.1:%d" % (port.getHost().port,)
@@ -67,6 +86,35 @@ class WebTests(TestCase):
         return samples(body)
 
     @inlineCallbacks
+    def model(self):
+        code, content_type, body = yield self.fetch("/model")
+        self.assertEqual((code, content_type), (200, "application/json"))
+        return json.loads(body)
+
+    @inlineCallbacks
+    def ready_code(self):
+        code, _, _ = yield self.fetch("/readyz")
+        return code == 200
+
+    @inlineCallbacks
+    def post(self, path, headers=None):
+        """
+        POST C{path} with the admin header (unless C{headers} says otherwise):
+        C{(status code, body text)}.
+        """
+        if headers is None:
+            headers = {b"X-Shim-Admin": [b"test"]}
+        response = yield self.http.post(self.base + path, data=b"", headers=headers)
+        body = yield response.text("utf-8")
+        return response.code, body
+
+
+class WebTests(ShimWebCase):
+    """
+    The operations endpoint of a shim with the default configuration.
+    """
+
+    @inlineCallbacks
     def test_openmetrics(self):
         """
         A scraper asking for OpenMetrics gets it, with its content type.
@@ -83,17 +131,6 @@ class WebTests(TestCase):
         self.assertIn("shim_ready", body)
 
     @inlineCallbacks
-    def model(self):
-        code, content_type, body = yield self.fetch("/model")
-        self.assertEqual((code, content_type), (200, "application/json"))
-        return json.loads(body)
-
-    @inlineCallbacks
-    def ready_code(self):
-        code, _, _ = yield self.fetch("/readyz")
-        return code == 200
-
-    @inlineCallbacks
     def test_health_and_readiness(self):
         """
         /healthz answers 200; /readyz answers 200 once the shim is ready, and 503 with
@@ -104,10 +141,11 @@ class WebTests(TestCase):
         self.assertTrue(content_type.startswith("text/plain"))
         yield wait_for(self.ready_code, what="/readyz to answer 200")
         code, _, body = yield self.fetch("/readyz")
-        self.assertEqual((code, body), (200, "ready\n"))
+        self.assertEqual((code, body), (200, "ready\nrole: single\n"))
         summary = yield self.model()
         self.assertTrue(summary["ready"])
         self.assertIsNone(summary["not_ready_reason"])
+        self.assertEqual(summary["role"], "single")
 
         self.etcd.stop()
         yield wait_for(lambda: self.ready_code().addCallback(lambda ok: not ok),
@@ -115,7 +153,8 @@ class WebTests(TestCase):
         code, _, body = yield self.fetch("/readyz")
         self.assertEqual(code, 503)
         self.assertRegex(
-            body, r"^not ready: (watch ended|etcd unavailable|synchronising)")
+            body, r"^not ready: (watch ended|etcd unavailable|synchronising).*\n"
+                  r"role: single\n$")
         summary = yield self.model()
         self.assertFalse(summary["ready"])
         self.assertTrue(summary["not_ready_reason"])
@@ -136,8 +175,8 @@ class WebTests(TestCase):
                   (("action", "PUT"), ("table", "ProtonBasePort")))
         binds = ("shim_backend_calls_total",
                  (("callback", "bind_port"), ("outcome", "ok")))
-        self.assertNotIn(events, before)
-        self.assertNotIn(binds, before)
+        self.assertEqual(before[events], 0)
+        self.assertEqual(before[binds], 0)
         summary = yield self.model()
         self.assertEqual(summary["objects"], {
             "ProtonBasePort": 0, "VPNPort": 0, "VpnInstance": 0, "VpnAfConfig": 0})
@@ -153,7 +192,7 @@ class WebTests(TestCase):
                        what="the shim to apply the writes")
         scraped = yield self.metrics()
         self.assertEqual(scraped[events], 3)
-        self.assertNotIn(binds, scraped)
+        self.assertEqual(scraped[binds], 0)
 
         outcome = yield self.proton.bind("p1", "compute1", "vm1")
         self.assertEqual(outcome.result["controller"], "SimServer")
@@ -181,6 +220,67 @@ class WebTests(TestCase):
         self.assertEqual(summary["revision"], self.shim.revision)
         self.assertGreaterEqual(summary["revision"], status.revision)
         self.assertTrue(summary["ready"])
+        self.assertEqual(summary["backend"]["calls"]["bind_port"], {"ok": 1})
+        self.assertGreaterEqual(summary["backend"]["total"], 1)
+        self.assertEqual(summary["backend"]["errors"], 0)
+        self.assertIsInstance(summary["queue_depth"], int)
+
+    @inlineCallbacks
+    def test_info_and_role(self):
+        """
+        /metrics describes the shim in C{shim_info}, and a shim without election is
+        the acting one: C{shim_leader} is 1.
+        """
+        scraped = yield self.metrics()
+        infos = {labels: value for (name, labels), value in scraped.items()
+                 if name == "shim_info"}
+        self.assertEqual(list(infos.values()), [1])
+        labels = dict(next(iter(infos)))
+        self.assertEqual(labels["controller_name"], "SimServer")
+        self.assertEqual(labels["version"], __version__)
+        self.assertEqual(labels["api"], "v3")
+        self.assertEqual(labels["api_model"], "net-l3vpn")
+        self.assertEqual(labels["group"], group_of(["compute1", "compute2"]))
+        self.assertEqual(scraped[("shim_leader", ())], 1)
+        summary = yield self.model()
+        self.assertEqual(summary["controller_name"], "SimServer")
+        self.assertEqual(summary["version"], __version__)
+        self.assertFalse(summary["admin"])
+        self.assertIsNone(summary["last_resync"])
+
+    def test_model_reads_service_attributes(self):
+        """
+        /model reports the role, the last resync and the queue depth of a service
+        that has them; /readyz its role.
+        """
+        service = _Overriding(
+            self.shim, role="standby", last_resync=(time.time() - 5, "takeover"),
+            queue_depth=7,
+        )
+        summary = web.model_summary(service)
+        self.assertEqual(summary["role"], "standby")
+        self.assertEqual(summary["last_resync"]["cause"], "takeover")
+        self.assertGreaterEqual(summary["last_resync"]["ago"], 5)
+        self.assertEqual(summary["queue_depth"], 7)
+        service.queue_depth = lambda: 3
+        self.assertEqual(web.model_summary(service)["queue_depth"], 3)
+        request = DummyRequest([b""])
+        body = web.ReadyPage(service).render_GET(request)
+        self.assertEqual((request.responseCode, body), (200, b"ready\nrole: standby\n"))
+
+    @inlineCallbacks
+    def test_admin_off(self):
+        """
+        Without C{[metrics] admin = true} the admin actions are refused, saying how to
+        allow them, and nothing is done.
+        """
+        resyncs = ("shim_resyncs_total", (("cause", "admin"),))
+        for action in ("resync", "step-down"):
+            code, body = yield self.post("/admin/" + action)
+            self.assertEqual(code, 403)
+            self.assertIn("[metrics] admin = true", body)
+        scraped = yield self.metrics()
+        self.assertEqual(scraped[resyncs], 0)
 
     @inlineCallbacks
     def test_index_and_unknown_paths(self):
@@ -189,7 +289,8 @@ class WebTests(TestCase):
         """
         code, _, body = yield self.fetch("/")
         self.assertEqual(code, 200)
-        for path in ("/metrics", "/healthz", "/readyz", "/model"):
+        for path in ("/metrics", "/healthz", "/readyz", "/model", "/admin/resync",
+                     "/admin/step-down"):
             self.assertIn(path, body)
         code, _, _ = yield self.fetch("/nothing")
         self.assertEqual(code, 404)
@@ -199,6 +300,86 @@ class WebTests(TestCase):
         response = yield self.http.head(self.base + "/readyz")
         yield response.content()
         self.assertIn(response.code, (200, 503))
+
+
+class AdminTests(ShimWebCase):
+    """
+    The admin actions of a shim with C{[metrics] admin = true}.
+    """
+
+    extra = "[metrics]\nadmin = true\n"
+
+    @inlineCallbacks
+    def test_resync(self):
+        """
+        POST /admin/resync makes the shim read everything again, with cause admin, and
+        it is ready again afterwards.
+        """
+        resyncs = ("shim_resyncs_total", (("cause", "admin"),))
+        code, body = yield self.post("/admin/resync")
+        self.assertEqual((code, body), (202, "resync requested\n"))
+        yield wait_for(lambda: self.metrics().addCallback(lambda m: m[resyncs] == 1),
+                       what="the admin resync to be counted")
+        yield wait_for(self.ready_code, what="/readyz to answer 200 after the resync")
+        summary = yield self.model()
+        self.assertTrue(summary["admin"])
+
+    @inlineCallbacks
+    def test_needs_header(self):
+        """
+        A POST without the X-Shim-Admin header (a browser's cross-site form) is
+        refused; a GET is told to POST.
+        """
+        code, body = yield self.post("/admin/resync", headers={})
+        self.assertEqual(code, 403)
+        self.assertIn("X-Shim-Admin", body)
+        code, _, body = yield self.fetch("/admin/resync")
+        self.assertEqual(code, 405)
+        self.assertIn("POST", body)
+
+    @inlineCallbacks
+    def test_step_down_without_election(self):
+        """
+        A shim without election has no role to hand over: 409, saying so.
+        """
+        code, body = yield self.post("/admin/step-down")
+        self.assertEqual(code, 409)
+        self.assertIn("election is off", body)
+
+    @inlineCallbacks
+    def test_step_down(self):
+        """
+        The acting shim's C{step_down} is called, and the answer waits for it; a
+        standby refuses.
+        """
+        stepped = []
+
+        def step_down():
+            stepped.append(True)
+            self.shim.role = "standby"
+            return sleep(0.01)
+
+        self.shim.role = "leader"
+        self.shim.step_down = step_down
+        code, body = yield self.post("/admin/step-down")
+        self.assertEqual((code, body), (200, "stepped down: now standby\n"))
+        self.assertEqual(stepped, [True])
+        code, body = yield self.post("/admin/step-down")
+        self.assertEqual(code, 409)
+        self.assertIn("standby", body)
+        self.assertEqual(stepped, [True])
+
+    @inlineCallbacks
+    def test_step_down_fails(self):
+        """
+        A step-down that fails answers 500 with the error.
+        """
+        self.shim.role = "leader"
+        self.shim.step_down = lambda: 1 / 0
+        code, body = yield self.post("/admin/step-down")
+        self.assertEqual(code, 500)
+        self.assertIn("division", body)
+        self.flushLoggedErrors(ZeroDivisionError)
 
 
 class EndpointTests(TestCase):
