@@ -303,9 +303,107 @@ class Demo:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class RealProtonDemo(Demo):
+    """
+    C{scripts/demo --real-proton}: Gluon 1.1.0's own proton-server (installed by
+    C{scripts/setup-proton}) over a private etcd with the v2 API on, the shim as a
+    C{twistd} process speaking v2 with Gluon 1.x's model and the dummy backend, and
+    one bind through proton's REST API, as Nova makes it; prints proton's REST answer.
+    """
+
+    def __init__(self, reactor):
+        Demo.__init__(self, reactor)
+        self.proton = None
+        self.succeeded = False
+
+    @inlineCallbacks
+    def run(self):
+        from shim.test import gluon
+
+        self.step = "find proton-server"
+        try:
+            binary = gluon.find_proton_server()
+        except Exception as e:
+            raise DemoFailed(str(e))
+
+        self.step = "start etcd"
+        self.etcd = EtcdServer(extra_args=gluon.ETCD_V2_ARGS)
+        self.etcd.start()
+        endpoint = self.etcd.client_url
+        say("1. started a private etcd %s at %s with the v2 API on"
+            % (".".join(map(str, self.etcd.version)), endpoint))
+
+        self.step = "start proton-server"
+        self.proton = gluon.ProtonServer(endpoint, binary=binary)
+        yield self.proton.start()
+        say("2. started Gluon 1.1.0's proton-server at %s (log %s)"
+            % (self.proton.url, self.proton.log_file))
+
+        self.step = "start the shim"
+        config = gluon.shim_config(
+            self.directory, endpoint, os.path.join(self.directory, "unused"),
+            hosts=HOST, controller="DemoShim", backend="dummy")
+        say("3. starting the shim ([etcd] api = v2, [shim] api_model = "
+            "net-l3vpn-v1.0): twistd -n shimserver --config %s" % (config,))
+        self.shim = ShimProcess()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [REPO] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        env["PYTHONUNBUFFERED"] = "1"
+        argv = twistd_command() + ["-n", "--pidfile=", "shimserver", "--config", config]
+        self.transport = self.reactor.spawnProcess(
+            self.shim, argv[0], argv, env=env, path=self.directory)
+        yield within(self.reactor, self.shim.ready, READY_TIMEOUT,
+                     "waiting for the shim to log 'shim ready'")
+
+        api = gluon.ProtonAPI(self.proton.url)
+        v2 = gluon.EtcdV2(endpoint)
+        tenant = "d0000000-0000-4000-8000-000000000001"
+        vpn = "d0000000-0000-4000-8000-000000000002"
+        port = "d0000000-0000-4000-8000-000000000003"
+        self.step = "create the objects through proton's REST API"
+        yield api.create_vpnafconfig(RT, tenant)
+        yield api.create_vpn(vpn, tenant, ipv4_family=RT, route_distinguishers=RT,
+                             name="demo")
+        yield api.create_port(port, tenant, name="demo-port")
+        yield api.create_vpnbinding(port, vpn, tenant)
+        yield self._poll(lambda: v2.get(gluon.row_key("VpnBinding", port)),
+                         "waiting for proton to write the VpnBinding to etcd")
+        say("4. POSTed to %s: vpnafconfigs %s, vpns %s, ports %s, vpnbindings %s"
+            % (gluon.API_ROOT, RT, vpn, port, port))
+
+        self.step = "bind the port through proton's REST API"
+        say("5. PUT %s/ports/%s {device_owner: compute:nova, host_id: %s, ...}; "
+            "proton waits up to 8 s for a bind result" % (gluon.API_ROOT, port, HOST))
+        started = self.reactor.seconds()
+        answer = yield api.bind(port, HOST, "d0000000-0000-4000-8000-0000000000f1")
+        elapsed = self.reactor.seconds() - started
+        say("6. proton's REST answer after %.0f ms: %s" % (
+            elapsed * 1000.0, json.dumps({k: answer.get(k) for k in (
+                "id", "host_id", "device_id", "vif_type", "vif_details")},
+                sort_keys=True)))
+        if not answer.get("vif_type"):
+            raise DemoFailed("proton answered the bind with no vif_type")
+
+        self.step = "stop the shim"
+        yield self.stop_shim()
+        say("7. stopped the shim")
+        self.succeeded = True
+
+    @inlineCallbacks
+    def cleanup(self):
+        if self.proton is not None:
+            if not self.succeeded:
+                say("proton's log (%s), last lines:\n%s" % (
+                    self.proton.log_file, self.proton.log_tail(10)))
+            self.proton.cleanup()
+            say("stopped proton-server")
+        yield Demo.cleanup(self)
+
+
 @inlineCallbacks
-def _main(reactor):
-    demo = Demo(reactor)
+def _main(reactor, real_proton=False):
+    demo = RealProtonDemo(reactor) if real_proton else Demo(reactor)
     failed = None
     try:
         yield demo.run()
@@ -324,10 +422,16 @@ def _main(reactor):
     raise SystemExit(0)
 
 
-def main():
+def main(argv=None):
     from twisted.internet import task
 
-    task.react(_main)
+    args = sys.argv[1:] if argv is None else argv
+    unknown = [a for a in args if a != "--real-proton"]
+    if unknown:
+        sys.stderr.write("usage: scripts/demo [--real-proton] (unknown: %s)\n"
+                         % (" ".join(unknown),))
+        raise SystemExit(2)
+    task.react(_main, ["--real-proton" in args])
 
 
 if __name__ == "__main__":
