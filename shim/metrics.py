@@ -33,8 +33,9 @@ CALLBACKS = (
 #: How a backend callback ended (L{shim.calls}).
 CALL_OUTCOMES = ("ok", "rejected", "error", "timeout")
 
-#: What a failed piece of work retried with backoff was: a callback, or a result write.
-RETRIED = CALLBACKS + ("write_result",)
+#: What a failed piece of work retried with backoff was: a callback, a result write,
+#: or C{internal}: a defect (an exception in the shim itself).
+RETRIED = CALLBACKS + ("write_result", "internal")
 
 #: The object types and the kinds of event applied to them.
 TABLES = ("ProtonBasePort", "VPNPort", "VpnInstance", "VpnAfConfig")

@@ -29,7 +29,7 @@ class StartAtZeroTests(TestCase):
                                  (("callback", callback), ("outcome", outcome))))
             expected.append(("shim_backend_call_seconds_count",
                              (("callback", callback),)))
-        for callback in metrics.CALLBACKS + ("write_result",):
+        for callback in metrics.CALLBACKS + ("write_result", "internal"):
             expected.append(("shim_retries_total", (("callback", callback),)))
         for cause in ("start", "periodic", "compacted", "cluster_changed", "admin",
                       "takeover"):
