@@ -317,13 +317,13 @@ class _ResponseBody(Protocol):
 
     def __init__(self, limit, where):
         self._limit = limit
-        self._finished = self.finished = Deferred(lambda d: self.abort())
         self._where = where
         self._parts = []
         self._size = 0
+        self.finished = Deferred(lambda d: self.abort())
 
     def dataReceived(self, data):
-        if self._finished.called:
+        if self.finished.called:
             return
         self._size += len(data)
         if self._size > self._limit:
@@ -334,15 +334,16 @@ class _ResponseBody(Protocol):
     def refuse(self, length=None):
         """
         Fail the call because the answer is too large, and close the connection.
+
+        @param length: the body's length, when the answer announced it.
         """
         self._parts = []
         self.abort()
-        if not self._finished.called:
-            self._finished.errback(HttpBackendError(
-                "%s: the answer's body is %s bytes, more than the %d allowed "
-                "([backend] max_response_bytes)" % (
-                    self._where, length if length is not None else "over",
-                    self._limit)))
+        if not self.finished.called:
+            size = "" if length is None else " (%d bytes)" % (length,)
+            self.finished.errback(HttpBackendError(
+                "%s: the answer's body%s is larger than the %d bytes allowed "
+                "([backend] max_response_bytes)" % (self._where, size, self._limit)))
 
     def abort(self):
         """
@@ -353,12 +354,12 @@ class _ResponseBody(Protocol):
             self.transport.stopProducing()
 
     def connectionLost(self, reason):
-        if self._finished.called:
+        if self.finished.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
-            self._finished.callback(b"".join(self._parts))
+            self.finished.callback(b"".join(self._parts))
         else:
-            self._finished.errback(reason)
+            self.finished.errback(reason)
 
 
 @implementer(IBackend)

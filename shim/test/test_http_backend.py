@@ -692,8 +692,9 @@ class LoadTests(ServerTestCase):
         big = json.dumps(dict(VIF, padding="x" * 200)).encode("utf-8")
         self.vendor.answer = lambda body: (200, big)
         e = yield self.assertFailure(bind(backend, "p1"), HttpBackendError)
-        for words in ("bind_port of port p1", "%d bytes" % (len(big),),
-                      "more than the 100 allowed", "[backend] max_response_bytes"):
+        for words in ("bind_port of port p1", "(%d bytes)" % (len(big),),
+                      "larger than the 100 bytes allowed",
+                      "[backend] max_response_bytes"):
             self.assertIn(words, str(e))
 
         held = Held(self.vendor)
@@ -701,7 +702,7 @@ class LoadTests(ServerTestCase):
         yield held.arrived(2)
         held.release((200, big))
         e = yield self.assertFailure(call, HttpBackendError)
-        for words in ("modify_port of port p2", "more than the 100 allowed",
+        for words in ("modify_port of port p2", "larger than the 100 bytes allowed",
                       "[backend] max_response_bytes"):
             self.assertIn(words, str(e))
 
