@@ -448,7 +448,7 @@ def child_events(reactor, params):
     poll.start(0.002)
     yield finished
     poll.stop()
-    yield service.queues.idle()
+    yield service.queue.idle()
     elapsed = time.perf_counter() - marks["watch"]
     write_profile(profiler, params)
     events = int(service.metrics.registry.get_sample_value(
@@ -473,7 +473,7 @@ def child_serve(reactor, params):
     yield closed
     write_profile(profiler, params)
     yield service.results.idle()
-    yield service.queues.idle()
+    yield service.queue.idle()
     yield service.stopService()
     buckets = {}
     for metric in service.metrics.registry.collect():

@@ -316,7 +316,7 @@ class Soak:
                 status = None
             shim = self.shim
             if (status is not None and shim.ready and shim.revision >= status.revision
-                    and len(shim.queues) == 0 and not shim.results.pending):
+                    and len(shim.queue) == 0 and not shim.results.pending):
                 return time.monotonic() - (deadline - patience)
             yield task.deferLater(self.reactor, 0.1, lambda: None)
         raise RuntimeError("the shim did not catch up within %ss (ready=%s: %s)" % (

@@ -25,11 +25,31 @@ class BackendCaller:
 
     log = Logger()
 
-    def __init__(self, backend, timeout, clock, metrics):
+    def __init__(self, backend, timeout, clock, metrics, bind_timeout=None):
         self.backend = backend
         self.timeout = timeout
+        #: C{bind_port} has a time limit of its own, short enough that a retry still
+        #: fits in proton's 8 s wait.
+        self.bind_timeout = bind_timeout if bind_timeout is not None else timeout
         self._clock = clock
         self._metrics = metrics
+
+    def limit(self, callback):
+        """
+        The time limit of C{callback}.
+        """
+        return self.bind_timeout if callback == "bind_port" else self.timeout
+
+    def malformed(self, callback, about, answer, problem):
+        """
+        Count and log an answer that cannot be used: a failed call.
+        """
+        self._metrics.child(self._metrics.callbacks, callback, ERROR).inc()
+        self.log.error(
+            "backend {callback} for {about} answered {answer!r}, which cannot be used: "
+            "{problem}; trying again later",
+            callback=callback, about=about, answer=_short(answer), problem=problem,
+        )
 
     def call(self, callback, about, *args):
         """
@@ -49,7 +69,7 @@ class BackendCaller:
         if not isinstance(value, Deferred):
             return self._succeeded(value, callback, started)
         if not value.called:
-            value.addTimeout(self.timeout, self._clock)
+            value.addTimeout(self.limit(callback), self._clock)
         value.addCallbacks(
             self._succeeded, self._failed,
             callbackArgs=(callback, started), errbackArgs=(callback, about, started),
@@ -74,7 +94,7 @@ class BackendCaller:
                 return (False, None)
             self.log.error(
                 "backend {callback} for {about} did not answer within {timeout}s",
-                callback=callback, about=about, timeout=self.timeout,
+                callback=callback, about=about, timeout=self.limit(callback),
             )
         else:
             self._record(callback, ERROR, started)
@@ -88,3 +108,14 @@ class BackendCaller:
         m = self._metrics
         m.child(m.callbacks, callback, outcome).inc()
         m.child(m.callback_latency, callback).observe(self._clock.seconds() - started)
+
+
+def _short(answer, limit=200):
+    """
+    An answer as shown in the log: its repr, cut to C{limit} characters.
+    """
+    try:
+        text = repr(answer)
+    except Exception as e:
+        text = "<unprintable %s: %r>" % (type(answer).__name__, e)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -14,8 +14,8 @@ Nothing here does I/O; the service decides when the model changes.
 import json
 import sys
 
-from shim import keys
 from shim.portstate import UNBOUND
+from shim.schema import SEED
 
 #: The largest value the shim accepts for one object; a port row is about 1 KiB.
 MAX_VALUE_SIZE = 256 * 1024
@@ -65,33 +65,23 @@ class Port(ModelObject):
     __slots__ = ("binding", "result")
 
 
-_CLASSES = {
-    keys.PORT: Port,
-    keys.VPN_PORT: ModelObject,
-    keys.VPN_INSTANCE: ModelObject,
-    keys.VPN_AFCONFIG: ModelObject,
-}
-
-#: Attributes the shim interprets, per table; each must be a string or null.
-_STRING_ATTRIBUTES = {
-    keys.PORT: ("host_id", "device_id"),
-    keys.VPN_PORT: ("vpn_instance",),
-    keys.VPN_INSTANCE: ("ipv4_family", "ipv6_family"),
-    keys.VPN_AFCONFIG: (),
-}
-
-
-def decode(table, value, revision):
+def decode(table, value, revision, schema=SEED):
     """
     Turn an etcd value into a model object.
 
-    @param table: the object type, one of L{shim.keys.TABLES}.
+    Any failure to decode is bad input, whatever raised it: a value too large, not
+    UTF-8, not JSON, nested too deeply for the parser (C{RecursionError}), not a JSON
+    object, or an attribute the shim relies on that is not a string or null.
+
+    @param table: the object type, one of C{schema.tables}.
     @param value: the raw value (bytes).
     @param revision: the revision the value was written at.
+    @param schema: the L{shim.schema.ApiModel} the table belongs to.
     @rtype: L{ModelObject}
-    @raise BadValue: the value is too large, not UTF-8, not JSON, not a JSON object, or an
-        attribute the shim relies on is not a string or null.
+    @raise BadValue: the value cannot be used; the message says why.
     """
+    if value is None:
+        raise BadValue("no value")
     if len(value) > MAX_VALUE_SIZE:
         raise BadValue("value of %d bytes is larger than %d" % (len(value), MAX_VALUE_SIZE))
     try:
@@ -102,20 +92,25 @@ def decode(table, value, revision):
         row = _loads(text)
     except ValueError as e:
         raise BadValue("not JSON: %s" % (e,)) from None
+    except RecursionError:
+        raise BadValue("JSON nested too deeply to decode") from None
+    except Exception as e:
+        raise BadValue("cannot decode: %r" % (e,)) from None
     if type(row) is not dict:
         raise BadValue("not a JSON object but %s" % (type(row).__name__,))
-    for name in _STRING_ATTRIBUTES[table]:
+    for name in schema.strings.get(table, ()):
         v = row.get(name)
         if v is not None and type(v) is not str:
             raise BadValue("attribute %r is %s, not a string" % (name, type(v).__name__))
-    obj = _CLASSES[table](
+    cls = Port if table == schema.port else ModelObject
+    obj = cls(
         {
             _intern(k): (_intern(v) if type(v) is str and len(v) < _INTERN_BELOW else v)
             for k, v in row.items()
         }
     )
     obj.revision = revision
-    if table == keys.PORT:
+    if cls is Port:
         obj.binding = UNBOUND
         obj.result = None
     return obj
@@ -180,24 +175,32 @@ class Changes:
 
 class Model:
     """
-    Every net-l3vpn object the shim knows, as last applied.
+    Every object of the configured model generation the shim knows, as last applied.
+
+    Each table is a dict keyed by the object's key name, also reachable by the
+    attribute the schema names (C{model.ports}, C{model.vpn_ports}, ...).  The model
+    keeps the indexes the controller asks on every change: which ports a service,
+    a service binding or a route target concerns.
     """
 
-    def __init__(self):
-        self.ports = {}
-        self.vpn_ports = {}
-        self.vpn_instances = {}
-        self.vpn_afconfigs = {}
-        self._tables = {
-            keys.PORT: self.ports,
-            keys.VPN_PORT: self.vpn_ports,
-            keys.VPN_INSTANCE: self.vpn_instances,
-            keys.VPN_AFCONFIG: self.vpn_afconfigs,
-        }
-        # vpn instance uuid -> set of port uuids whose VPNPort names it
-        self._ports_by_vpn = {}
-        # route target name -> set of vpn instance uuids listing it
-        self._vpns_by_afconfig = {}
+    def __init__(self, schema=SEED):
+        self.schema = schema
+        self._tables = {}
+        for table, attribute in schema.attributes.items():
+            self._tables[table] = objects = {}
+            setattr(self, attribute, objects)
+        self.services = self._tables[schema.service]
+        self.bindings = self._tables[schema.binding]
+        self.route_targets = self._tables[schema.route_target]
+        self.interfaces = (
+            self._tables[schema.interface] if schema.interface is not None else None
+        )
+        # service id -> set of binding names naming it
+        self._bindings_by_service = {}
+        # route target name -> set of service ids listing it
+        self._services_by_rt = {}
+        # port uuid -> set of interface names whose port_id names it (1.x)
+        self._interfaces_by_port = {}
 
     def table(self, table):
         """
@@ -208,6 +211,24 @@ class Model:
     def get(self, table, name):
         return self._tables[table].get(name)
 
+    def store(self, table, name, obj, revision):
+        """
+        Apply one change unless it is older than what the model has.
+
+        @param obj: the new object, or C{None} for a deletion at C{revision}.
+        @return: C{(applied, previous object or None)}.
+        """
+        prev = self._tables[table].get(name)
+        if obj is None:
+            if prev is None or (prev.revision and prev.revision > revision):
+                return False, prev
+            self.remove(table, name)
+            return True, prev
+        if prev is not None and prev.revision and prev.revision >= revision:
+            return False, prev
+        self.put(table, name, obj)
+        return True, prev
+
     def put(self, table, name, obj):
         """
         Store C{obj} as the object C{name} of C{table}; return the one it replaces, or
@@ -216,10 +237,7 @@ class Model:
         objects = self._tables[table]
         prev = objects.get(name)
         objects[name] = obj
-        if table == keys.VPN_PORT:
-            self._index_vpn_port(name, prev, obj)
-        elif table == keys.VPN_INSTANCE:
-            self._index_vpn_instance(name, prev, obj)
+        self._index(table, name, prev, obj)
         return prev
 
     def remove(self, table, name):
@@ -228,39 +246,124 @@ class Model:
         """
         prev = self._tables[table].pop(name, None)
         if prev is not None:
-            if table == keys.VPN_PORT:
-                self._index_vpn_port(name, prev, None)
-            elif table == keys.VPN_INSTANCE:
-                self._index_vpn_instance(name, prev, None)
+            self._index(table, name, prev, None)
         return prev
 
+    def clear(self):
+        """
+        Forget every object (a replaced etcd cluster).
+        """
+        for objects in self._tables.values():
+            objects.clear()
+        self._bindings_by_service.clear()
+        self._services_by_rt.clear()
+        self._interfaces_by_port.clear()
+
+    # -- relations
+
+    def port_of_binding(self, name):
+        """
+        The uuid of the port a service binding (keyed by interface) belongs to, or
+        C{None} while its interface is unknown.
+        """
+        if self.interfaces is None:
+            return name
+        interface = self.interfaces.get(name)
+        if interface is None:
+            return None
+        return interface.get(self.schema.interface_port) or None
+
+    def ports_of_interface(self, name):
+        """
+        The ports an interface change concerns (its port, before and after).
+        """
+        port = self.port_of_binding(name)
+        return (port,) if port else ()
+
+    def binding_names_of_port(self, uuid):
+        """
+        The names (interface ids) of the service bindings of port C{uuid}, present or
+        not.
+        """
+        if self.interfaces is None:
+            return (uuid,)
+        return tuple(sorted(self._interfaces_by_port.get(uuid, ())))
+
+    def bindings_of_port(self, uuid):
+        """
+        The service bindings of port C{uuid}: a dict of binding name to object.
+        """
+        bindings = self.bindings
+        found = {}
+        for name in self.binding_names_of_port(uuid):
+            binding = bindings.get(name)
+            if binding is not None:
+                found[name] = binding
+        return found
+
+    def service_of_binding(self, binding):
+        """
+        The service id a binding names, or C{None}.
+        """
+        return binding.get(self.schema.binding_service) or None
+
+    def services_of_port(self, uuid):
+        """
+        The ids of the services port C{uuid} is bound to through its bindings.
+        """
+        services = []
+        for binding in self.bindings_of_port(uuid).values():
+            service = self.service_of_binding(binding)
+            if service and service not in services:
+                services.append(service)
+        return services
+
+    def ports_using_service(self, service):
+        """
+        The uuids of the ports whose service bindings name C{service}.
+        """
+        ports = set()
+        for name in self._bindings_by_service.get(service, ()):
+            port = self.port_of_binding(name)
+            if port:
+                ports.add(port)
+        return ports
+
+    def services_listing_route_target(self, name):
+        """
+        The ids of the services whose family attributes list route target C{name} as
+        an element.
+        """
+        return self._services_by_rt.get(name, ())
+
+    def route_targets_of(self, service):
+        """
+        The route-target names a service object lists, in order.
+        """
+        return route_targets_of(self.schema, service)
+
+    # The seed's names for the same relations.
+
     def ports_using_vpn(self, vpn):
-        """
-        The uuids of the ports whose VPNPort names VPN instance C{vpn}.
-        """
-        return self._ports_by_vpn.get(vpn, ())
+        return self.ports_using_service(vpn)
 
     def vpns_listing_afconfig(self, name):
-        """
-        The uuids of the VPN instances whose C{ipv4_family} or C{ipv6_family} has route
-        target C{name} as an element.
-        """
-        return self._vpns_by_afconfig.get(name, ())
+        return self.services_listing_route_target(name)
 
     def vpn_of_port(self, uuid):
         """
-        The VPN instance uuid a port is bound to by its VPNPort, or C{None}.
+        The service (VPN) id port C{uuid} is bound to by its first binding, or C{None}.
         """
-        binding = self.vpn_ports.get(uuid)
-        if binding is None:
-            return None
-        return binding.get("vpn_instance") or None
+        services = self.services_of_port(uuid)
+        return services[0] if services else None
 
     def counts(self):
         """
         The number of objects per table.
         """
         return {table: len(objects) for table, objects in self._tables.items()}
+
+    # -- indexes
 
     @staticmethod
     def _move(index, member, old_keys, new_keys):
@@ -272,34 +375,48 @@ class Model:
                     if not members:
                         del index[k]
         for k in new_keys:
-            index.setdefault(k, set()).add(member)
+            members = index.get(k)
+            if members is None:
+                index[k] = {member}
+            else:
+                members.add(member)
 
-    def _index_vpn_port(self, name, prev, new):
-        if prev is None and new is not None:
-            # The common case (every VPNPort at start-up): a new member, nothing to move.
-            vpn = new.get("vpn_instance")
-            if vpn:
-                members = self._ports_by_vpn.get(vpn)
-                if members is None:
-                    self._ports_by_vpn[vpn] = {name}
-                else:
-                    members.add(name)
-            return
-        old = (prev.get("vpn_instance"),) if prev is not None else ()
-        cur = (new.get("vpn_instance"),) if new is not None else ()
-        self._move(
-            self._ports_by_vpn, name, [k for k in old if k], [k for k in cur if k]
-        )
+    def _index(self, table, name, prev, new):
+        schema = self.schema
+        if table == schema.binding:
+            field = schema.binding_service
+            old = prev.get(field) if prev is not None else None
+            cur = new.get(field) if new is not None else None
+            if old != cur or prev is None or new is None:
+                self._move(
+                    self._bindings_by_service, name,
+                    (old,) if old else (), (cur,) if cur else (),
+                )
+        elif table == schema.service:
+            self._move(
+                self._services_by_rt, name,
+                set(route_targets_of(schema, prev)), set(route_targets_of(schema, new)),
+            )
+        elif table == schema.interface:
+            field = schema.interface_port
+            old = prev.get(field) if prev is not None else None
+            cur = new.get(field) if new is not None else None
+            self._move(
+                self._interfaces_by_port, name,
+                (old,) if old else (), (cur,) if cur else (),
+            )
 
-    def _index_vpn_instance(self, name, prev, new):
-        self._move(
-            self._vpns_by_afconfig, name, _afconfigs_of(prev), _afconfigs_of(new)
-        )
 
-
-def _afconfigs_of(vpn):
-    if vpn is None:
-        return set()
-    return set(split_list(vpn.get("ipv4_family"))) | set(
-        split_list(vpn.get("ipv6_family"))
-    )
+def route_targets_of(schema, service):
+    """
+    The route-target names listed by a service object's family attributes (none for
+    C{None}), in order, without repeats.
+    """
+    if service is None:
+        return ()
+    found = []
+    for family in schema.families:
+        for rt in split_list(service.get(family)):
+            if rt not in found:
+                found.append(rt)
+    return tuple(found)

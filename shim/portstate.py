@@ -1,15 +1,19 @@
 """
-The port binding state machine of PROTOCOL.md section 2, free of I/O.
+The port binding decisions of PROTOCOL.md section 2, free of I/O.
+
+A port's reconcile compares the current model with what the backend was last told
+about the port, and L{decide} says what closes the difference, as a L{Transition}: the
+port's binding state and the effects to carry out, in order.  The controller carries
+out the first backend call, records what the backend now knows, and decides again, so
+that whatever changed meanwhile is taken into account; a port is done when L{decide}
+has nothing left to do.
 
 A port is C{Unbound}, C{Bound} (bound by this shim) or C{InUse} (bound by another
-controller).  Given a port's state and what changed, L{on_port_event} says what to do as a
-L{Transition}: the effects to carry out, in order, and the state that follows.  When the
-effects include L{BIND}, the state that follows depends on the backend's answer and is
-given by L{on_bind_outcome}.  Effects named after a callback call the backend;
-L{WRITE_RESULT}, L{CLEAR_RESULT} (write C{{}}), L{RELEASE_RESULT} (write C{{}} once
-proton's wait for another controller's answer is over) and L{DELETE_RESULT} act on the
-port's bind result in etcd.  The service carries the effects out; nothing here waits,
-writes or logs, so every transition is tested by a table (see C{test_portstate}).
+controller).  Effects named after a callback call the backend; L{WRITE_RESULT},
+L{CLEAR_RESULT} (write C{{}}), L{RELEASE_RESULT} (write C{{}} once proton's wait for
+another controller's answer is over) and L{DELETE_RESULT} act on the port's bind
+result in etcd.  Nothing here waits, writes or logs, so every decision is tested by a
+table (see C{test_portstate}).
 """
 
 from collections import namedtuple
@@ -28,16 +32,19 @@ CLEAR_RESULT = "clear_result"
 RELEASE_RESULT = "release_result"
 DELETE_RESULT = "delete_result"
 
+#: The effects that call the backend.
+CALLS = frozenset([BIND, UNBIND, MODIFY, DELETE])
+
 #: The attributes that make a port a bind request when both are non-empty.
 BIND_ATTRIBUTES = ("host_id", "device_id")
 
 
 class Transition(namedtuple("Transition", "state effects")):
     """
-    What a port event leads to.
+    What a port's reconcile leads to.
 
-    @ivar state: the state after the effects; C{None} when the port is gone, or, when
-        C{effects} contains L{BIND}, the state to assume until the bind's outcome is known.
+    @ivar state: the port's binding state; C{None} when the port is gone.  When
+        C{effects} holds L{BIND}, the state until the bind's outcome is known.
     @ivar effects: a tuple of effect names, to be carried out in order.
     """
 
@@ -52,79 +59,63 @@ def is_bind_request(port):
     )
 
 
-def _placement(port):
-    return (port.get("host_id"), port.get("device_id"))
-
-
-def on_port_event(state, prev, new, is_our_host):
+def placement(port):
     """
-    Decide what a change of a port leads to.
+    A port's C{(host_id, device_id)}.
+    """
+    return (port.get("host_id") or None, port.get("device_id") or None)
 
-    @param state: the port's state before the change (L{UNBOUND} for a new port).
-    @param prev: the port's previous attributes, or C{None} if it did not exist.
-    @param new: its new attributes, or C{None} if it was deleted.
+
+def decide(told, port, is_our_host, port_changed=False, result_current=True,
+           result_ours=False):
+    """
+    Decide what brings the backend and the bind result in line with a port.
+
+    @param told: the placement C{(host_id, device_id)} the backend was told the port
+        is bound for, or C{None} when the backend holds no binding of it.
+    @param port: the port as the model has it now, or C{None} if it was deleted.
     @param is_our_host: a callable telling whether a host is in this shim's host list.
+    @param port_changed: whether attributes of the port other than its placement
+        differ from what the backend was told.
+    @param result_current: whether etcd holds (or is being given) this shim's result
+        for the told placement, and proton has not asked again.
+    @param result_ours: whether the bind result in etcd names this shim.
     @rtype: L{Transition}
     """
-    if new is None:
-        if state == BOUND:
+    if port is None:
+        if told is not None:
             return Transition(None, (DELETE, DELETE_RESULT))
+        if result_ours:
+            return Transition(None, (DELETE_RESULT,))
         return Transition(None, ())
 
-    if not is_bind_request(new):
-        if state == BOUND:
+    if not is_bind_request(port):
+        if told is not None:
             return Transition(UNBOUND, (UNBIND, CLEAR_RESULT))
+        if result_ours:
+            return Transition(UNBOUND, (CLEAR_RESULT,))
         return Transition(UNBOUND, ())
 
-    ours = is_our_host(new.get("host_id"))
-    if state == BOUND:
-        if not ours:
-            # Migration to a host another controller serves.  Proton is waiting for
-            # that controller's result on the same key and takes the first change it
-            # sees, so our "{}" must not come first: it is written once proton's wait
-            # is over, and only if the key still holds our result.
+    if not is_our_host(port.get("host_id")):
+        # Another controller's host.  Proton is waiting for that controller's result
+        # on the same key and takes the first change it sees, so our "{}" must not
+        # come first: it is written once proton's wait is over, and only if the key
+        # still holds our result.
+        if told is not None:
             return Transition(INUSE, (UNBIND, RELEASE_RESULT))
-        if prev is not None and _placement(prev) != _placement(new):
-            # Moved to another of our hosts, or to another device: bind afresh.  The old
-            # result stays until the new one replaces it, so proton never sees "{}".
-            return Transition(BOUND, (UNBIND, BIND))
-        if prev is not None and prev != new:
-            return Transition(BOUND, (MODIFY,))
-        return Transition(BOUND, ())
+        if result_ours:
+            return Transition(INUSE, (RELEASE_RESULT,))
+        return Transition(INUSE, ())
 
-    if ours:
+    if told is None:
         return Transition(UNBOUND, (BIND,))
-    return Transition(INUSE, ())
-
-
-def on_retry(state, port, is_our_host):
-    """
-    Decide whether a port whose bind was rejected or failed should be bound again, now
-    that something it depends on (its VPNPort, its VpnInstance or a route target) changed.
-
-    @rtype: L{Transition}
-    """
-    if (
-        state == UNBOUND
-        and is_bind_request(port)
-        and is_our_host(port.get("host_id"))
-    ):
-        return Transition(UNBOUND, (BIND,))
-    return Transition(state, ())
-
-
-def on_bind_outcome(prior_state, accepted):
-    """
-    Decide what follows a call of C{bind_port}.
-
-    @param prior_state: the port's state before the bind was decided.
-    @param accepted: C{True} when the backend returned a non-empty result; C{False} when it
-        rejected the port (an empty result) or failed.
-    @rtype: L{Transition}
-    """
-    if accepted:
-        return Transition(BOUND, (WRITE_RESULT,))
-    if prior_state == BOUND:
-        # A rebind that failed: the result we wrote before no longer holds.
-        return Transition(UNBOUND, (CLEAR_RESULT,))
-    return Transition(UNBOUND, ())
+    if told != placement(port):
+        # Moved to another of our hosts, or to another device: bind afresh.  The old
+        # result stays until the new one replaces it, so proton never sees "{}".
+        return Transition(BOUND, (UNBIND, BIND))
+    effects = ()
+    if port_changed:
+        effects += (MODIFY,)
+    if not result_current:
+        effects += (WRITE_RESULT,)
+    return Transition(BOUND, effects)

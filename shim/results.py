@@ -1,89 +1,84 @@
 """
-Writing bind results to C{/controller/net-l3vpn/ProtonBasePort/<uuid>}.
+Writing bind results to C{/controller/net-l3vpn/<port table>/<uuid>}.
 
-Proton waits about 8 seconds for a port's bind result, so a failed write is retried until
-it succeeds, and only the latest wish for a port is ever written: if the port is unbound
-while the result write is still being retried, the result is dropped and C{{}} is written
-instead, never the stale result over it.  Clearing and deleting are compare-and-set: they
-happen only while the result in etcd names this shim's controller, so a shim that loses a
-port in a migration never wipes the result the gaining shim has just written.
+Every write is a compare-and-set against what the shim last read or wrote for that
+key, so that nothing written meanwhile by proton (which creates the key as C{{}} just
+before it writes the port) or by another shim is overwritten unseen.  A failed compare
+is normal: the key is read again and the wish decided again.
+
+  - A result for a port on our host is written over C{{}}, over our own older result,
+    or over a result naming another controller (PROTOCOL.md section 3).
+  - A clear (C{{}}) or a delete happens only while the key names this shim.
+  - Only the latest wish for a port is written: a newer wish supersedes an older one,
+    which is dropped and never written late.  A delayed clear (a release after a
+    migration) is cancelled by any newer wish.
+  - A write that fails is retried with backoff while its wish stands.
+  - Before every attempt the writer asks whether this shim may act (an elected
+    leader whose lease has not run out), and on v3 each write carries the election's
+    fence in the same transaction.
 """
-
-import json
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from shim import keys
 from shim.backoff import Backoff
-from shim.etcd import Compare, Op
+from shim.bindresult import EMPTY, controller_of
 
 PUBLISH = "publish"
+PUBLISH_AGAIN = "publish_again"
 CLEAR = "clear"
 REMOVE = "remove"
 
-EMPTY = b"{}"
-
-
-def encode_result(result, controller):
-    """
-    The JSON bytes of a bind result: C{vif_type}, C{vif_details} and C{controller}.
-    """
-    value = {
-        "vif_type": result.get("vif_type"),
-        "vif_details": result.get("vif_details"),
-        "controller": controller,
-    }
-    return json.dumps(value, sort_keys=True).encode("utf-8")
-
-
-def result_controller(value):
-    """
-    The C{controller} named in a bind result's raw value, or C{None} when the value is
-    not a JSON object naming one.
-    """
-    try:
-        decoded = json.loads(value)
-    except ValueError:
-        return None
-    if type(decoded) is dict:
-        name = decoded.get("controller")
-        if type(name) is str:
-            return name
-    return None
+#: Compare failures in a row before a write backs off like a failure.
+MAX_CONFLICTS = 5
 
 
 class ResultWriter:
     """
-    Keeps each port's bind result in etcd as the service last asked, retrying failures.
+    Keeps each port's bind result in etcd as the controller last asked.
 
-    @ivar pending: port uuid to the latest operation asked and not yet done.
+    @ivar pending: port uuid to the latest wish not yet done.
     @ivar delayed: port uuid to the delayed call of a clear asked with a delay.
+    @ivar known: port uuid to C{(mod_revision, value)} as last read or written; a
+        revision of 0 means the key was absent.
     """
 
     log = Logger()
 
-    def __init__(self, client, controller, clock, metrics=None, backoff=Backoff):
+    def __init__(self, client, schema, controller, clock, metrics=None,
+                 backoff=Backoff, acting=lambda: True, fence=lambda: (),
+                 on_conflict=None):
         self._client = client
+        self._schema = schema
         self._controller = controller
         self._clock = clock
         self._metrics = metrics
         self._backoff = backoff
+        self._acting = acting
+        self._fence = fence
+        self._on_conflict = on_conflict
         self.pending = {}
-        self._running = set()
         self.delayed = {}
-        # port uuid -> the Deferred of the pause before its next write attempt
+        self.known = {}
+        self._running = set()
         self._pauses = {}
         self._idle_waiters = []
         self._stopped = False
 
-    def publish(self, uuid, result, on_written=None):
+    # -- wishes
+
+    def publish(self, uuid, result, on_written=None, again=False):
         """
-        Write C{result} (a dict with C{vif_type} and C{vif_details}) as port C{uuid}'s bind
-        result, naming this controller.  C{on_written} is called once it is in etcd.
+        Write C{result} (a L{shim.bindresult.BindResult} naming this controller) as
+        port C{uuid}'s bind result.  C{on_written(revision)} is called once it is in
+        etcd.
+
+        @param again: write it even when etcd holds it already, as a new revision:
+            proton asked again and waits for a change of the key.
         """
-        self._want(uuid, (PUBLISH, encode_result(result, self._controller), on_written))
+        self._want(uuid, (PUBLISH_AGAIN if again else PUBLISH, result.encode(),
+                          on_written))
 
     def clear(self, uuid, delay=0):
         """
@@ -93,18 +88,70 @@ class ResultWriter:
             replaces this one.
         """
         if delay:
-            self._cancel_delayed(uuid)
+            self._drop(uuid)
             self.delayed[uuid] = self._clock.callLater(
-                delay, self._want, uuid, (CLEAR, None, None)
+                delay, self._want, uuid, (CLEAR, EMPTY, None)
             )
             return
-        self._want(uuid, (CLEAR, None, None))
+        self._want(uuid, (CLEAR, EMPTY, None))
 
     def remove(self, uuid):
         """
         Delete port C{uuid}'s bind result key, if the result names this controller.
         """
         self._want(uuid, (REMOVE, None, None))
+
+    def cancel(self, uuid):
+        """
+        Drop any wish for port C{uuid}, delayed or not: the controller decided
+        otherwise (a bind on our host cancels a delayed release at once).
+        """
+        self._drop(uuid)
+        self.pending.pop(uuid, None)
+
+    def cancel_all(self):
+        """
+        Drop every wish (this shim stopped acting).
+        """
+        for uuid in list(self.delayed):
+            self._cancel_delayed(uuid)
+        self.pending.clear()
+        for pause in list(self._pauses.values()):
+            pause.cancel()
+
+    def note(self, uuid, mod_revision, value):
+        """
+        Remember what etcd holds for port C{uuid}'s result key, as read by a snapshot.
+        """
+        self.known[uuid] = (mod_revision, value)
+
+    def forget(self, uuid):
+        self.known.pop(uuid, None)
+
+    def holds(self, uuid, value):
+        """
+        Whether etcd holds C{value} for port C{uuid} as far as the writer knows, or a
+        wish to write it is pending.
+        """
+        wish = self.pending.get(uuid)
+        if wish is not None:
+            return wish[0] in (PUBLISH, PUBLISH_AGAIN) and wish[1] == value
+        known = self.known.get(uuid)
+        return known is not None and known[1] == value
+
+    def names_us(self, uuid):
+        """
+        Whether the result known for port C{uuid} names this controller, or a write
+        of ours is pending (and may land).
+        """
+        wish = self.pending.get(uuid)
+        if wish is not None and wish[0] in (PUBLISH, PUBLISH_AGAIN):
+            return True
+        if uuid in self._running:
+            # A write may be landing: clear or delete after it, compare-and-set.
+            return True
+        known = self.known.get(uuid)
+        return known is not None and controller_of(known[1]) == self._controller
 
     def idle(self):
         """
@@ -123,19 +170,20 @@ class ResultWriter:
         waits before the next attempt and delayed clears are dropped.
         """
         self._stopped = True
-        for uuid in list(self.delayed):
-            self._cancel_delayed(uuid)
-        for pause in list(self._pauses.values()):
-            pause.cancel()
+        self.cancel_all()
 
-    def _cancel_delayed(self, uuid):
+    # -- writing
+
+    def _drop(self, uuid):
         call = self.delayed.pop(uuid, None)
         if call is not None and call.active():
             call.cancel()
 
-    def _want(self, uuid, operation):
-        self._cancel_delayed(uuid)
-        self.pending[uuid] = operation
+    _cancel_delayed = _drop
+
+    def _want(self, uuid, wish):
+        self._drop(uuid)
+        self.pending[uuid] = wish
         if uuid not in self._running:
             self._running.add(uuid)
             self._write(uuid)
@@ -143,14 +191,19 @@ class ResultWriter:
     @inlineCallbacks
     def _write(self, uuid):
         backoff = self._backoff()
+        conflicts = 0
         try:
             while True:
-                operation = self.pending.get(uuid)
-                if operation is None or self._stopped:
+                wish = self.pending.get(uuid)
+                if wish is None or self._stopped:
                     return
-                kind, value, on_written = operation
+                if not self._acting():
+                    # Not ours to write any more: the acting shim reconciles it.
+                    self.pending.pop(uuid, None)
+                    return
+                kind, value, on_written = wish
                 try:
-                    yield self._perform(uuid, kind, value)
+                    outcome = yield self._attempt(uuid, kind, value)
                 except Exception as e:
                     self._count(kind, "error")
                     delay = backoff.next_delay()
@@ -159,22 +212,26 @@ class ResultWriter:
                         "{error}; retrying in {delay:.2f}s",
                         uuid=uuid, operation=kind, error=e, delay=delay,
                     )
-                    pause = self._pauses[uuid] = deferLater(
-                        self._clock, delay, lambda: None
-                    )
-                    try:
-                        yield pause
-                    except CancelledError:
+                    if not (yield self._pause(uuid, delay)):
                         return
-                    finally:
-                        self._pauses.pop(uuid, None)
                     continue
-                self._count(kind, "ok")
+                if outcome is None:
+                    # A failed compare: read again, decide again.
+                    self._count(kind, "conflict")
+                    conflicts += 1
+                    if self._on_conflict is not None:
+                        self._on_conflict(uuid)
+                    if conflicts >= MAX_CONFLICTS:
+                        conflicts = 0
+                        if not (yield self._pause(uuid, backoff.next_delay())):
+                            return
+                    continue
+                self._count(kind, "ok" if outcome else "skipped")
                 backoff.reset()
-                if self.pending.get(uuid) is operation:
+                if self.pending.get(uuid) is wish:
                     del self.pending[uuid]
-                if on_written is not None:
-                    on_written()
+                    if on_written is not None and outcome:
+                        on_written(self.known.get(uuid, (0, None))[0])
         finally:
             self._running.discard(uuid)
             if not self.pending or self._stopped:
@@ -182,34 +239,55 @@ class ResultWriter:
                 for d in waiters:
                     d.callback(None)
 
-    def _perform(self, uuid, kind, value):
-        key = keys.result_key(uuid)
-        if kind == PUBLISH:
-            return self._client.put(key, value)
-        return self._compare_and_set(key, kind)
+    @inlineCallbacks
+    def _pause(self, uuid, delay):
+        pause = self._pauses[uuid] = deferLater(self._clock, delay, lambda: None)
+        try:
+            yield pause
+        except CancelledError:
+            return False
+        finally:
+            self._pauses.pop(uuid, None)
+        return True
 
     @inlineCallbacks
-    def _compare_and_set(self, key, kind):
+    def _attempt(self, uuid, kind, value):
         """
-        Clear or delete C{key} in one transaction that holds only while the value read is
-        still there and names this controller; read again when something came between.
+        One compare-and-set attempt.
+
+        @return: a Deferred firing with C{True} when written, C{False} when nothing
+            needed writing, C{None} when the compare failed (the key changed).
         """
-        while True:
+        key = self._schema.result_key(uuid)
+        known = self.known.get(uuid)
+        if known is None:
             found = yield self._client.get(key)
-            if not found.kvs:
-                return
-            kv = found.kvs[0]
-            if result_controller(kv.value) != self._controller:
-                return
-            if kind == CLEAR and kv.value == EMPTY:
-                return
-            change = Op.put(key, EMPTY) if kind == CLEAR else Op.delete(key)
-            outcome = yield self._client.txn(
-                compare=[Compare.mod_revision(key, "==", kv.mod_revision)],
-                success=[change],
-            )
-            if outcome.succeeded:
-                return
+            if found.kvs:
+                known = (found.kvs[0].mod_revision, found.kvs[0].value)
+            else:
+                known = (0, None)
+            self.known[uuid] = known
+        revision, current = known
+        if kind in (PUBLISH, PUBLISH_AGAIN):
+            if current == value and kind == PUBLISH:
+                return False
+            done = yield self._client.put_if(key, value, revision, guard=self._fence())
+        elif kind == CLEAR:
+            if current is None or current == EMPTY or controller_of(current) != self._controller:
+                return False
+            done = yield self._client.put_if(key, EMPTY, revision, guard=self._fence())
+        else:
+            if current is None or controller_of(current) != self._controller:
+                return False
+            done = yield self._client.delete_if(key, revision, guard=self._fence())
+        if not done.succeeded:
+            self.known.pop(uuid, None)
+            return None
+        if kind == REMOVE:
+            self.known.pop(uuid, None)
+        else:
+            self.known[uuid] = (done.revision, value)
+        return True
 
     def _count(self, kind, outcome):
         if self._metrics is not None:

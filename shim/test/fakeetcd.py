@@ -16,7 +16,8 @@ Two knobs let a test shake the writer:
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from shim.etcd import DeleteResult, KeyValue, PutResult, RangeResult, TxnResult
+from shim.etcd import (
+    CasResult, DeleteResult, KeyValue, PutResult, RangeResult, TxnResult)
 from shim.etcd.wire import key_bytes, key_str, prefix_end, unb64, value_bytes
 
 _COMPARISONS = {
@@ -70,6 +71,12 @@ class FakeEtcd:
     def txn(self, compare=(), success=(), failure=()):
         keys = ",".join(key_str(unb64(c["key"])) for c in compare)
         return self._call("txn", keys, lambda: self._txn(compare, success, failure))
+
+    def put_if(self, key, value, mod_revision, guard=()):
+        return self._call("put_if", key, lambda: self._cas(key, value, mod_revision))
+
+    def delete_if(self, key, mod_revision, guard=()):
+        return self._call("delete_if", key, lambda: self._cas(key, None, mod_revision))
 
     def close(self):
         self.closed = True
@@ -151,6 +158,14 @@ class FakeEtcd:
             for k in doomed:
                 del self.data[k]
         return DeleteResult(self.revision, len(doomed), [])
+
+    def _cas(self, key, value, mod_revision):
+        kv = self.data.get(key)
+        if (kv.mod_revision if kv is not None else 0) != mod_revision:
+            return CasResult(False, self.revision)
+        if value is None:
+            return CasResult(True, self._delete(key, False).revision)
+        return CasResult(True, self._put(key, value).revision)
 
     def _holds(self, compare):
         key = key_str(unb64(compare["key"]))

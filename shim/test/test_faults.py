@@ -142,7 +142,7 @@ class FaultTestCase(TestCase):
         return (
             shim.ready
             and shim.revision >= status.revision
-            and len(shim.queues) == 0
+            and len(shim.queue) == 0
             and not shim.results.pending
         )
 

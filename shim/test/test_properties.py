@@ -529,7 +529,7 @@ class Run:
 
     def busy(self):
         return bool(
-            self.backend.held or self.etcd.held or len(self.service.queues)
+            self.backend.held or self.etcd.held or len(self.service.queue)
             or self.service.results.pending or self.service.results.delayed
         )
 
@@ -554,7 +554,7 @@ class Run:
             if not self.clock.getDelayedCalls():
                 raise AssertionError(
                     "stuck: %d queues busy, writes pending for %r, nothing to wait for"
-                    % (len(self.service.queues), sorted(self.service.results.pending)))
+                    % (len(self.service.queue), sorted(self.service.results.pending)))
             self.clock.advance(1.0)
         raise AssertionError("the service did not settle")
 

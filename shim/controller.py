@@ -1,0 +1,670 @@
+"""
+The controller: reconciles each port, and each service, with what the backend was told.
+
+Events, snapshots, resyncs and restarts only mark keys dirty (L{Controller.changed},
+L{Controller.snapshot_applied}); the L{shim.workqueue.WorkQueue} runs one worker per
+key.  A worker compares the current model with what the backend has been told for
+that key (L{Told}) and makes the calls that close the difference:
+
+  - a port key (C{("port", uuid)}) is decided by L{shim.portstate.decide}: bind,
+    unbind, modify or delete the port, then bring its service bindings in line
+    (C{modify_service_binding}, C{delete_service_binding}) and its bind result in
+    etcd.  After each backend call the port is decided again from the model as it is
+    then, so whatever changed during the call is taken into account.
+  - a service key (C{("service", id)}) calls C{modify_service} when a port bound by us
+    was told an older version of the service or of one of its route targets, and
+    C{delete_service} when the service is gone.
+
+What the backend has been told is recorded per port: the placement it was bound for,
+the port as last told (C{changes.prev}), the bind result written, its service
+bindings, and the version of each service and route target it heard about.  A failed
+or malformed backend answer leaves the record as it was, and the key is retried with
+backoff: what was not done is done later, whatever caused the attempt.
+
+Order between a service and its ports: a service's callbacks may overlap a bind of a
+port that uses it.  The bind records the service version the backend was given when
+the bind started; once it completes, the port's reconcile sees that the backend heard
+an older version and marks the service, whose worker calls C{modify_service} (or
+C{delete_service}).
+"""
+
+import json
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from shim import bindresult, portstate
+from shim.bindresult import MalformedAnswer
+from shim.model import Changes, ModelObject, Port
+from shim.portstate import BOUND, INUSE, UNBOUND
+from shim.schema import VIF_ATTRIBUTES, VOLATILE
+
+#: Seconds after a port migrated to another controller's host before this shim
+#: clears its old bind result: proton waits about 8 seconds for the new one.
+RELEASE_DELAY = 10.0
+
+#: Backend calls in one pass over a port before the key is requeued: a port whose
+#: model keeps changing under its calls cannot hold a worker for ever.
+MAX_STEPS = 8
+
+PORT = "port"
+SERVICE = "service"
+
+#: What a step of a port's reconcile returns when nothing is left to do.
+_DONE = object()
+
+#: Port attributes whose change is not a change of the port for C{modify_port}.
+_NOT_A_CHANGE = VOLATILE | frozenset(VIF_ATTRIBUTES)
+
+
+class Told:
+    """
+    What the backend has been told about one port bound by this shim.
+
+    @ivar placement: C{(host_id, device_id)} it was bound for.
+    @ivar port: the port object as last told (the C{changes.prev} of the next call).
+    @ivar result: the L{shim.bindresult.BindResult} published for it.
+    @ivar result_revision: the etcd revision our result was last written at (0 when
+        unknown).
+    @ivar bindings: binding name to the binding object last told.
+    @ivar services: service id to the version last told (L{Controller.version}).
+    """
+
+    __slots__ = ("placement", "port", "result", "result_revision", "bindings",
+                 "services", "asked_again")
+
+    def __init__(self, placement, port, result, bindings, services):
+        self.placement = placement
+        self.port = port
+        self.result = result
+        self.result_revision = 0
+        self.bindings = bindings
+        self.services = services
+        self.asked_again = False
+
+
+class Controller:
+    """
+    Reconciles ports and services with the backend and the bind results in etcd.
+
+    @ivar told: port uuid to its L{Told}, for every port the backend holds as bound
+        by us.
+    """
+
+    log = Logger()
+
+    def __init__(self, model, backend, writer, queue_factory, config, clock, metrics,
+                 acting=lambda: True, epoch=lambda: None):
+        self.model = model
+        self.schema = model.schema
+        self.backend = backend
+        self.writer = writer
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics
+        self.acting = acting
+        self.epoch = epoch
+        self.release_delay = RELEASE_DELAY
+        self.told = {}
+        # service id -> the uuids of ports whose Told lists it
+        self._service_users = {}
+        # port uuid -> when its bind request was first seen, for the latency metric
+        self._bind_seen = {}
+        # port uuid -> the placement whose bind the backend rejected
+        self._rejected = {}
+        self.queue = queue_factory(self._reconcile)
+        self._is_our_host = config.is_our_host
+
+    # -- marking
+
+    def changed(self, table, name, prev, obj):
+        """
+        The model changed: C{prev} was replaced by C{obj} (either may be C{None}).
+        Mark the keys the change concerns.
+        """
+        schema = self.schema
+        mark = self._mark_port
+        if table == schema.port:
+            if obj is not None:
+                self._port_row(name, prev, obj)
+            mark(name)
+        elif table == schema.binding:
+            for port in self.model.ports_of_interface(name):
+                mark(port)
+        elif table == schema.interface:
+            for o in (prev, obj):
+                if o is not None:
+                    port = o.get(schema.interface_port)
+                    if port:
+                        mark(port)
+        elif table == schema.service:
+            self._service_changed(name)
+        elif table == schema.route_target:
+            for service in self.model.services_listing_route_target(name):
+                self._service_changed(service)
+
+    def _mark_port(self, uuid):
+        # Something the port depends on changed: a refused bind is tried again.
+        self._rejected.pop(uuid, None)
+        self.queue.mark((PORT, uuid))
+
+    def _service_changed(self, service):
+        self.queue.mark((SERVICE, service))
+        # A port whose bind was refused is tried again when its service changes.
+        for port in self.model.ports_using_service(service):
+            if port not in self.told:
+                self._mark_port(port)
+
+    def _port_row(self, uuid, prev, port):
+        """
+        A new row of port C{uuid}: note whether proton asked again, and carry our
+        bind result's vif attributes into the model's port.
+        """
+        told = self.told.get(uuid)
+        if told is None:
+            if portstate.is_bind_request(port) and uuid not in self._bind_seen:
+                self._bind_seen[uuid] = self.clock.seconds()
+            return
+        if (
+            told.result is not None
+            and port.revision > told.result_revision
+            and portstate.placement(port) == told.placement
+            and not told.result.answered(port)
+        ):
+            # Proton wrote the port again without our answer: it timed out, or Nova
+            # asked again.  Publish the result again, as a new revision.
+            told.asked_again = True
+            self._bind_seen.setdefault(uuid, self.clock.seconds())
+        if told.result is not None:
+            _merge(port, told.result)
+
+    def snapshot_applied(self, first, results, objects_marked=None):
+        """
+        A snapshot has been applied to the model.
+
+        @param first: whether it is the first since start-up (or a takeover): the
+            bind results naming us are taken to be what the backend holds.
+        @param results: the bind results read, C{[KeyValue]}.
+        """
+        schema = self.schema
+        name = self.config.controller_name
+        writer = self.writer
+        ours = {}
+        seen = set()
+        for kv in results:
+            uuid = schema.result_uuid(kv.key)
+            if uuid is None:
+                continue
+            seen.add(uuid)
+            mine = bindresult.controller_of(kv.value) == name
+            if (mine or uuid in self.told) and uuid not in writer.pending:
+                writer.note(uuid, kv.mod_revision, kv.value)
+            if mine:
+                ours[uuid] = kv.value
+        for uuid in self.told:
+            if uuid not in seen and uuid not in writer.pending:
+                # Our result went missing: the reconcile writes it again.
+                writer.note(uuid, 0, None)
+        if first:
+            self._restore(ours)
+        # Every port on our hosts is reconciled: refused and failed binds are tried
+        # again, missing or foreign results repaired.
+        self._rejected.clear()
+        mark = self.queue.mark
+        is_ours = self._is_our_host
+        for uuid, port in self.model.ports.items():
+            if uuid in self.told or uuid in ours or is_ours(port.get("host_id")):
+                mark((PORT, uuid))
+        for uuid in list(self.told):
+            mark((PORT, uuid))
+        for uuid in ours:
+            mark((PORT, uuid))
+
+    def _restore(self, ours):
+        """
+        After a restart or a takeover: the backend is taken to hold what the results
+        naming us say.  Service-level callbacks are not replayed.
+        """
+        for uuid, value in ours.items():
+            if uuid in self.told:
+                continue
+            result = bindresult.decode(value)
+            if result is None:
+                continue
+            port = self.model.ports.get(uuid)
+            placement = result.placement
+            if placement is None:
+                # Written by an earlier version: bound for the current placement.
+                placement = portstate.placement(port) if port is not None else (None, None)
+                result = result.for_placement(result.controller, *placement)
+            if port is not None and portstate.placement(port) == placement:
+                told_port = port
+            else:
+                # changes.prev is the placement recorded in the result.
+                told_port = Port(port or {"id": uuid})
+                told_port.revision = 0
+                told_port.binding = BOUND
+                told_port.result = None
+                told_port["host_id"], told_port["device_id"] = placement
+            told = Told(placement, told_port, result, self.model.bindings_of_port(uuid),
+                        {})
+            told.result_revision = self.writer.known.get(uuid, (0, None))[0]
+            self._set_told(uuid, told)
+            told.services = self._versions(uuid)
+            if port is not None:
+                port.binding = BOUND
+                port.result = result
+                _merge(port, result)
+
+    def forget_all(self):
+        """
+        Forget what the backend was told (another shim acted meanwhile: a takeover
+        restores it from etcd's results).
+        """
+        self.told.clear()
+        self._service_users.clear()
+        self._rejected.clear()
+
+    # -- the versions of services
+
+    def version(self, service):
+        """
+        The version of a service the backend hears of: its object and the objects of
+        its route targets, as the model has them now.
+        """
+        model = self.model
+        obj = model.services.get(service)
+        if obj is None:
+            return None
+        rts = model.route_targets
+        return (obj, tuple((rt, rts.get(rt)) for rt in model.route_targets_of(obj)))
+
+    def _versions(self, uuid):
+        return {s: self.version(s) for s in self.model.services_of_port(uuid)}
+
+    def _set_told(self, uuid, told):
+        old = self.told.get(uuid)
+        if old is not None:
+            self._unuse(uuid, old)
+        if told is None:
+            self.told.pop(uuid, None)
+            return
+        self.told[uuid] = told
+
+    def _use(self, uuid, told, versions):
+        self._unuse(uuid, told)
+        told.services = versions
+        for s in versions:
+            self._service_users.setdefault(s, set()).add(uuid)
+
+    def _unuse(self, uuid, told):
+        for s in told.services:
+            users = self._service_users.get(s)
+            if users is not None:
+                users.discard(uuid)
+                if not users:
+                    del self._service_users[s]
+
+    # -- reconciling
+
+    def _reconcile(self, key):
+        kind, name = key
+        if not self.acting():
+            return None
+        if kind == PORT:
+            return self._reconcile_port(name)
+        return self._reconcile_service(name)
+
+    @inlineCallbacks
+    def _reconcile_port(self, uuid):
+        for _ in range(MAX_STEPS):
+            if not self.acting():
+                return None
+            step = self._port_step(uuid)
+            if step is _DONE:
+                return None
+            failed = yield step
+            if failed:
+                return failed
+        self.queue.mark((PORT, uuid))
+        return None
+
+    def _port_step(self, uuid):
+        """
+        Decide port C{uuid} once and start the first backend call that the decision
+        needs, after doing the result writes that come before it.
+
+        @return: L{_DONE} when nothing is left to do, else a Deferred (or value)
+            firing with C{None} to decide again, or the name of a failed call.
+        """
+        model = self.model
+        port = model.ports.get(uuid)
+        told = self.told.get(uuid)
+        ours = self.writer.names_us(uuid)
+        changed = told is not None and port is not None and _differs(told.port, port)
+        current = True
+        if told is not None and told.result is not None:
+            current = (
+                not told.asked_again and self.writer.holds(uuid, told.result.encode())
+            )
+        transition = portstate.decide(
+            told.placement if told is not None else None, port, self._is_our_host,
+            port_changed=changed, result_current=current, result_ours=ours,
+        )
+        if port is not None:
+            port.binding = transition.state
+        effects = transition.effects
+        if portstate.BIND in effects and port is not None:
+            if self._rejected.get(uuid) == portstate.placement(port):
+                # Refused for this placement, and nothing it depends on changed since
+                # (a change clears the refusal).
+                effects = effects[:effects.index(portstate.BIND)]
+                if port is not None and told is None:
+                    port.binding = UNBOUND
+        for effect in effects:
+            if effect in portstate.CALLS:
+                return self._call(effect, uuid, port, told)
+            self._result_effect(effect, uuid, told)
+        if told is not None and port is not None and port.binding == BOUND:
+            return self._sync_services(uuid, port, told)
+        return _DONE
+
+    def _result_effect(self, effect, uuid, told):
+        writer = self.writer
+        if effect == portstate.WRITE_RESULT:
+            again, told.asked_again = told.asked_again, False
+            writer.publish(
+                uuid, told.result,
+                on_written=lambda revision: self._written(uuid, told, revision),
+                again=again,
+            )
+        elif effect == portstate.CLEAR_RESULT:
+            writer.clear(uuid)
+        elif effect == portstate.RELEASE_RESULT:
+            if uuid not in writer.delayed:
+                writer.clear(uuid, delay=self.release_delay)
+        elif effect == portstate.DELETE_RESULT:
+            writer.remove(uuid)
+
+    def _written(self, uuid, told, revision):
+        told.result_revision = max(told.result_revision, revision or 0)
+        seen = self._bind_seen.pop(uuid, None)
+        if seen is not None:
+            elapsed = self.clock.seconds() - seen
+            self.metrics.bind_latency.observe(elapsed)
+            self.log.info(
+                "port {uuid} bound; result written {ms:.1f} ms after the request",
+                uuid=uuid, ms=elapsed * 1000,
+            )
+
+    def _call(self, effect, uuid, port, told):
+        if effect == portstate.BIND:
+            return self._bind(uuid, port)
+        if effect == portstate.UNBIND:
+            changes = Changes.between(told.port, port)
+            return self._told_call(
+                "unbind_port", uuid, (uuid, self.model, changes),
+                lambda: self._unbound(uuid, port),
+            )
+        if effect == portstate.MODIFY:
+            changes = Changes.between(_comparable(told.port), _comparable(port))
+            return self._told_call(
+                "modify_port", uuid, (uuid, self.model, changes),
+                lambda: setattr(told, "port", port),
+            )
+        # DELETE
+        return self._told_call(
+            "delete_port", uuid, (uuid, self.model, told.port),
+            lambda: self._unbound(uuid, None),
+        )
+
+    def _unbound(self, uuid, port):
+        self._set_told(uuid, None)
+        if port is not None:
+            port.result = None
+            for name in VIF_ATTRIBUTES:
+                if name in port:
+                    port[name] = None
+
+    def _told_call(self, callback, uuid, args, then):
+        """
+        Call C{callback}; when it succeeds, C{then()} records what the backend now
+        knows.  A Deferred (or value) firing with C{None}, or the callback's name when
+        it failed.
+        """
+        outcome = self.backend.call(callback, "port %s" % (uuid,), *args)
+
+        def done(answer):
+            ok, _ = answer
+            if not ok:
+                return callback
+            then()
+            return None
+
+        if isinstance(outcome, Deferred):
+            return outcome.addCallback(done)
+        return done(outcome)
+
+    @inlineCallbacks
+    def _bind(self, uuid, port):
+        self.writer.cancel(uuid)
+        self._bind_seen.setdefault(uuid, self.clock.seconds())
+        placement = portstate.placement(port)
+        versions = self._versions(uuid)
+        bindings = self.model.bindings_of_port(uuid)
+        ok, answer = yield self.backend.call(
+            "bind_port", "port %s" % (uuid,), uuid, self.model,
+            Changes.between(None, port),
+        )
+        if not ok:
+            return "bind_port"
+        try:
+            result = bindresult.from_answer(answer)
+        except MalformedAnswer as e:
+            self.backend.malformed("bind_port", "port %s" % (uuid,), answer, e)
+            return "bind_port"
+        if result is None:
+            self.log.info(
+                "backend rejected the bind of port {uuid}; it is bound again when its "
+                "service binding, service or route targets change, or at the next "
+                "resync", uuid=uuid,
+            )
+            self._rejected[uuid] = placement
+            self._bind_seen.pop(uuid, None)
+            if self.writer.names_us(uuid):
+                self.writer.clear(uuid)
+            return None
+        self._rejected.pop(uuid, None)
+        result = result.for_placement(self.config.controller_name, *placement)
+        long = result.too_long_for_proton()
+        if long:
+            self.log.warn(
+                "the bind result of port {uuid} has {fields}, longer than proton 1.x's "
+                "database columns (vif_type 32, vif_details 128): it breaks proton on "
+                "MySQL", uuid=uuid,
+                fields=", ".join("%s of %d characters" % kv for kv in sorted(long.items())),
+            )
+        told = Told(placement, port, result, bindings, {})
+        self._set_told(uuid, told)
+        self._use(uuid, told, versions)
+        current = self.model.ports.get(uuid)
+        if current is not None:
+            current.result = result
+            current.binding = BOUND
+            _merge(current, result)
+        self._result_effect(portstate.WRITE_RESULT, uuid, told)
+        return None
+
+    def _sync_services(self, uuid, port, told):
+        """
+        Bring a bound port's service bindings in line, and mark its services whose
+        version the backend has not heard.
+        """
+        model = self.model
+        current = model.bindings_of_port(uuid)
+        for name, binding in current.items():
+            prev = told.bindings.get(name)
+            if prev is None or _differs(prev, binding):
+                return self._told_call(
+                    "modify_service_binding", uuid,
+                    (uuid, model, prev if prev is not None else {}),
+                    lambda name=name, binding=binding: self._bound_to(
+                        uuid, told, name, binding),
+                )
+        for name, prev in list(told.bindings.items()):
+            if name not in current:
+                return self._told_call(
+                    "delete_service_binding", uuid, (model, prev),
+                    lambda name=name: self._bound_to(uuid, told, name, None),
+                )
+        for service, version in told.services.items():
+            if not _same_version(version, self.version(service)):
+                self.queue.mark((SERVICE, service))
+        return _DONE
+
+    def _bound_to(self, uuid, told, name, binding):
+        if binding is None:
+            told.bindings.pop(name, None)
+        else:
+            told.bindings[name] = binding
+        # The backend read the port's services with the binding.
+        self._use(uuid, told, self._versions(uuid))
+
+    def _reconcile_service(self, service):
+        users = self._service_users.get(service)
+        if not users:
+            return None
+        model = self.model
+        current = self.version(service)
+        about = "service %s" % (service,)
+        if current is None:
+            prev = None
+            for uuid in users:
+                version = self.told[uuid].services.get(service)
+                if version is not None:
+                    prev = version[0]
+                    break
+            outcome = self.backend.call(
+                "delete_service", about, service, model, prev)
+            return _then(outcome, "delete_service",
+                         lambda: self._heard(service, users, None, drop=True))
+        stale = [
+            u for u in users
+            if not _same_version(self.told[u].services.get(service), current)
+        ]
+        if not stale:
+            return None
+        old = self.told[stale[0]].services.get(service)
+        changes = _service_changes(old, current)
+        outcome = self.backend.call("modify_service", about, service, model, changes)
+        return _then(outcome, "modify_service",
+                     lambda: self._heard(service, stale, current))
+
+    def _heard(self, service, users, version, drop=False):
+        for uuid in list(users):
+            told = self.told.get(uuid)
+            if told is None:
+                continue
+            if drop:
+                told.services.pop(service, None)
+            else:
+                told.services[service] = version
+        if drop:
+            self._service_users.pop(service, None)
+
+    # -- reading
+
+    def state_counts(self):
+        counts = {UNBOUND: 0, BOUND: 0, INUSE: 0}
+        for port in self.model.ports.values():
+            counts[port.binding] = counts.get(port.binding, 0) + 1
+        return counts
+
+
+def _then(outcome, callback, record):
+    def done(answer):
+        ok, _ = answer
+        if not ok:
+            return callback
+        record()
+        return None
+
+    if isinstance(outcome, Deferred):
+        return outcome.addCallback(done)
+    return done(outcome)
+
+
+def _merge(port, result):
+    """
+    Make C{result} the port's, with its vif attributes merged into the row as proton
+    writes them.
+    """
+    port.result = result
+    port.update(result.vif_attributes())
+
+
+def _comparable(obj):
+    """
+    An object's attributes without those whose change the backend need not hear.
+    """
+    if obj is None:
+        return None
+    return {k: v for k, v in obj.items() if k not in _NOT_A_CHANGE}
+
+
+def _differs(a, b):
+    """
+    Whether two rows differ in anything but proton's time stamps and our own vif
+    attributes.
+    """
+    if a is b:
+        return False
+    for k in a.keys() | b.keys():
+        if k in _NOT_A_CHANGE:
+            continue
+        if a.get(k) != b.get(k):
+            return True
+    return False
+
+
+def _same_version(a, b):
+    if a is b:
+        return True
+    if a is None or b is None:
+        return False
+    (obj_a, rts_a), (obj_b, rts_b) = a, b
+    if len(rts_a) != len(rts_b) or _differs(obj_a, obj_b):
+        return False
+    for (name_a, rt_a), (name_b, rt_b) in zip(rts_a, rts_b):
+        if name_a != name_b:
+            return False
+        if rt_a is None or rt_b is None:
+            if rt_a is not rt_b:
+                return False
+        elif _differs(rt_a, rt_b):
+            return False
+    return True
+
+
+def _service_changes(old, current):
+    """
+    The changes C{modify_service} receives: of the service object when it changed,
+    else of the first route target that did.
+    """
+    if old is None:
+        return Changes.between(None, _comparable(current[0]))
+    changes = Changes.between(_comparable(old[0]), _comparable(current[0]))
+    if changes:
+        return changes
+    before = dict(old[1])
+    for name, rt in current[1]:
+        prev = before.get(name)
+        if prev is None and rt is None:
+            continue
+        if prev is None or rt is None or _differs(prev, rt):
+            return Changes.between(_comparable(prev), _comparable(rt))
+    return changes
+
+
+__all__ = ["Controller", "Told", "RELEASE_DELAY", "PORT", "SERVICE", "ModelObject",
+           "json"]

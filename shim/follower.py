@@ -1,0 +1,502 @@
+"""
+The follower: keeps the model in step with etcd, and hands each change on.
+
+It reads every table of the configured model generation (and the bind results) at
+one revision, applies them to the model, and watches C{/proton/} from the next
+revision, so that no change between the read and the watch is lost.  Each value is
+checked and decoded at once: bad input is logged with its key and revision, counted
+and skipped.  Every change applied to the model is handed to the sink
+(C{sink.changed(table, name, prev, obj)}); after each snapshot the sink hears
+C{sink.snapshot_applied(first, results)}.
+
+When the watch ends it is resumed from the last revision seen, with backoff while
+etcd cannot be reached.  It reads everything again (a full resynchronisation, not
+ready meanwhile) when the watch fell behind etcd's compaction (or v2's 1000-event
+window), when a watch message was too large to take, and when etcd's cluster id
+changed; then the sink first hears C{sink.cluster_changed()} and drops its queued
+work.  A full resynchronisation begins with C{sink.snapshot_started()}: nothing is
+decided on a half-read model.  A periodic resynchronisation runs beside the live watch: readiness does not
+change and changes keep flowing while it reads.
+
+The follower does not know whether it talks to etcd's v2 or v3 API: both clients
+offer the same calls.
+"""
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from shim.backoff import Backoff
+from shim.etcd import AuthFailed, EtcdError, TLSFailed
+from shim.model import BadValue, decode
+from shim.schema import PROTON_PREFIX, BadKey, OtherAPI
+
+PUT = "PUT"
+DELETE = "DELETE"
+
+#: Errors that retrying cannot mend: at start-up they stop the shim.
+FATAL_AT_START = (AuthFailed, TLSFailed)
+
+#: Watch ends after which the next watch starts again from the shortest delay only
+#: if the watch really worked: a watch etcd confirmed and cancelled at once (an
+#: expired token) backs off like any failure.
+_FAILURES = ("auth", "cancelled")
+
+
+class Follower:
+    """
+    Snapshot, watch and resume; resync triggers, readiness and cluster identity.
+
+    @ivar revision: the last etcd revision seen (events and progress notifications).
+    @ivar ready: C{True} after the first synchronisation and while the watch is live.
+    @ivar not_ready_reason: why not, when not.
+    @ivar last_resync: C{(time, cause)} of the last completed synchronisation.
+    """
+
+    log = Logger()
+
+    def __init__(self, client, model, sink, reactor, metrics, resync_interval=0,
+                 watch_idle_timeout=None):
+        self.client = client
+        self.model = model
+        self.schema = model.schema
+        self.sink = sink
+        self.reactor = reactor
+        self.metrics = metrics
+        self.resync_interval = resync_interval
+        self.watch_idle_timeout = watch_idle_timeout
+        self.revision = 0
+        self.ready = False
+        self.not_ready_reason = "not started"
+        self.cluster_id = None
+        self.last_resync = None
+        self.running = False
+        self.synchronised = False
+        #: Fires with the error when start-up fails for good (a wrong password, an
+        #: untrusted certificate).
+        self.start_failed = Deferred()
+        self.on_ready_changed = None
+        self._watch = None
+        self._sleep = None
+        self._loop = None
+        self._resync_cause = None
+        self._periodic = None
+        self._background = None
+        self._tombstones = None
+        self._ready_waiters = []
+        self._other_apis = set()
+        self._first_snapshot = True
+
+    # -- life cycle
+
+    def start(self):
+        self.running = True
+        self._loop = self._run()
+        if self.resync_interval > 0:
+            self._periodic = LoopingCall(self.request_resync, "periodic")
+            self._periodic.clock = self.reactor
+            self._periodic.start(self.resync_interval, now=False)
+
+    @inlineCallbacks
+    def stop(self):
+        self.running = False
+        self._set_not_ready("stopping")
+        if self._periodic is not None and self._periodic.running:
+            self._periodic.stop()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._sleep is not None:
+            self._sleep.cancel()
+        if self._loop is not None:
+            yield self._loop
+        if self._background is not None:
+            yield self._background
+
+    def when_ready(self):
+        """
+        A Deferred that fires when the follower is ready (at once if it is).
+        """
+        d = Deferred()
+        if self.ready:
+            d.callback(self)
+        else:
+            self._ready_waiters.append(d)
+        return d
+
+    def request_resync(self, cause, full=False):
+        """
+        Read everything from etcd again and repair any difference from the model.
+
+        A periodic or requested resync runs beside the live watch; C{full=True} (and
+        any resync before the watch is live) stops the watch and reads everything
+        before watching again.
+        """
+        if not full and self.synchronised and self.ready:
+            if self._background is None:
+                self._background = self._resync_beside(cause)
+            return
+        self._resync_cause = cause
+        if self._watch is not None:
+            self._watch.stop()
+
+    # -- following etcd
+
+    @inlineCallbacks
+    def _run(self):
+        backoff = Backoff(initial=0.2, maximum=10.0)
+        cause = "start"
+        while self.running:
+            if cause is None and self._resync_cause is not None:
+                cause, self._resync_cause = self._resync_cause, None
+            try:
+                if cause is not None:
+                    yield self._synchronise(cause)
+                    cause = None
+                if not self.running:
+                    break
+                watch = self._follow()
+                ended = yield watch.done
+            except Exception as e:
+                if not self.running:
+                    break
+                if not self.synchronised and isinstance(e, FATAL_AT_START):
+                    self._set_not_ready("cannot start: %s" % (e,))
+                    self.log.critical("cannot start: {error}", error=e)
+                    self.start_failed.callback(e)
+                    break
+                delay = backoff.next_delay()
+                if isinstance(e, EtcdError):
+                    self._set_not_ready("etcd unavailable: %s" % (e,))
+                    self.log.warn(
+                        "etcd unavailable ({error}); retrying in {delay:.1f}s",
+                        error=e, delay=delay,
+                    )
+                else:
+                    # Not etcd's doing: a defect, logged with its traceback.
+                    self._set_not_ready("synchronisation failed: %r" % (e,))
+                    self.log.failure(
+                        "synchronising with etcd failed; retrying in {delay:.1f}s",
+                        Failure(), delay=delay,
+                    )
+                yield self._pause(delay)
+                continue
+            worked = watch.confirmed and ended.reason not in _FAILURES
+            if worked and getattr(watch, "events_seen", 1) == 0 and ended.reason != "stopped":
+                worked = False
+            if worked:
+                # A watch that worked: the next one starts from the shortest delay.
+                backoff.reset()
+            if not self.running:
+                break
+            if self._resync_cause is not None:
+                continue
+            if ended.reason == "compacted":
+                self.log.warn(
+                    "the watch fell behind etcd's compaction at revision {compacted}",
+                    compacted=ended.compact_revision,
+                )
+                cause = "compacted"
+            elif ended.reason == "too_large":
+                self.log.error(
+                    "the watch ended: {error}; reading everything again",
+                    error=ended.error,
+                )
+                cause = "too_large"
+            elif self.client.cluster_id not in (None, self.cluster_id):
+                self.log.warn(
+                    "etcd's cluster id changed from {old} to {new}",
+                    old=self.cluster_id, new=self.client.cluster_id,
+                )
+                cause = "cluster_changed"
+            else:
+                delay = backoff.next_delay()
+                self.log.warn(
+                    "the watch ended ({reason}: {error}); resuming from revision "
+                    "{revision} in {delay:.1f}s",
+                    reason=ended.reason, error=ended.error, revision=self.revision + 1,
+                    delay=delay,
+                )
+                yield self._pause(delay)
+
+    def _pause(self, delay):
+        self._sleep = deferLater(self.reactor, delay, lambda: None)
+        self._sleep.addErrback(lambda _: None)
+        self._sleep.addBoth(self._woke)
+        return self._sleep
+
+    def _woke(self, _):
+        self._sleep = None
+
+    def _follow(self):
+        """
+        Watch C{/proton/} from the revision after the last one seen.
+
+        @return: the watch; C{watch.done} fires with its L{WatchEnded}.
+        """
+        watch = self.client.watch(
+            PROTON_PREFIX,
+            self.revision + 1,
+            self._on_watch_event,
+            prefix=True,
+            prev_kv=False,
+            progress_notify=True,
+            idle_timeout=self.watch_idle_timeout or None,
+            on_progress=self._on_progress,
+        )
+        self._watch = watch
+        watch.confirmed = False
+        watch.started.addCallbacks(self._watching, lambda _: None, callbackArgs=(watch,))
+        watch.done.addBoth(self._watch_ended, watch)
+        return watch
+
+    def _watching(self, _, watch):
+        watch.confirmed = True
+        if self.client.cluster_id not in (None, self.cluster_id):
+            self.log.warn(
+                "etcd's cluster id changed from {old} to {new}",
+                old=self.cluster_id, new=self.client.cluster_id,
+            )
+            self.request_resync("cluster_changed", full=True)
+            return
+        self._set_ready()
+
+    def _watch_ended(self, ended, watch):
+        if ended.reason in ("connection_lost", "idle"):
+            # Resume on the next endpoint first: this one may be the member that died.
+            self.client.skip_endpoint(watch.endpoint)
+        if self._watch is watch:
+            self._watch = None
+        self._set_not_ready("watch ended: %s" % (ended.reason,))
+        self.metrics.child(self.metrics.reconnects, ended.reason).inc()
+        return ended
+
+    def _on_watch_event(self, event):
+        self.revision = event.mod_revision
+        key = event.key
+        if event.type == DELETE and key.endswith("/"):
+            # v2: a directory deleted or expired, as one event.
+            self._delete_under(key, event.mod_revision)
+            return
+        self.apply(event.type, key, event.value, event.mod_revision)
+
+    def _on_progress(self, revision):
+        if revision > self.revision:
+            self.revision = revision
+
+    # -- applying changes
+
+    def apply(self, kind, key, value, revision):
+        """
+        Check and decode one change of a key under C{/proton/} and apply it.  A bad
+        key or value is logged with the key, counted and skipped.
+        """
+        try:
+            table, name = self.schema.parse_key(key)
+        except OtherAPI as e:
+            self._other_api(e)
+            return
+        except BadKey as e:
+            self._bad_input("bad_key", key, revision, e)
+            return
+        if table is None:
+            return
+        self._apply_to(table, name, kind, key, value, revision)
+
+    def _apply_to(self, table, name, kind, key, value, revision):
+        if kind == DELETE:
+            obj = None
+            if self._tombstones is not None:
+                self._tombstones[(table, name)] = revision
+        else:
+            try:
+                obj = decode(table, value, revision, self.schema)
+            except BadValue as e:
+                self._bad_input("bad_value", key, revision, e)
+                return
+        self.metrics.child(self.metrics.events, table, kind).inc()
+        applied, prev = self.model.store(table, name, obj, revision)
+        if applied:
+            self.sink.changed(table, name, prev, obj)
+
+    def _delete_under(self, prefix, revision):
+        for table in self.schema.tables:
+            table_prefix = self.schema.proton_key(table, "")
+            if not (table_prefix.startswith(prefix) or prefix.startswith(table_prefix)):
+                continue
+            for name in [n for n in self.model.table(table)
+                         if self.schema.proton_key(table, n).startswith(prefix)]:
+                self._apply_to(table, name, DELETE, None, None, revision)
+
+    def _bad_input(self, reason, key, revision, error):
+        self.metrics.child(self.metrics.bad_values, reason).inc()
+        self.log.warn(
+            "skipping {key} at revision {revision}: {error}",
+            key=key, revision=revision, error=error,
+        )
+
+    def _other_api(self, error):
+        self.metrics.child(self.metrics.bad_values, "other_api").inc()
+        if (error.api, error.table) not in self._other_apis:
+            self._other_apis.add((error.api, error.table))
+            self.log.info(
+                "ignoring objects of {api}/{table}: not handled by this shim",
+                api=error.api, table=error.table,
+            )
+
+    # -- snapshots
+
+    @inlineCallbacks
+    def _read(self, on_table_page):
+        """
+        Read every table and the bind results at one revision (v3; v2 reads each at
+        the index it is at, and the watch starts after the oldest).
+
+        @return: C{(revision to watch after, status, result kvs, objects read)}.
+        """
+        status = yield self.client.status()
+        revision = status.revision
+        oldest = None
+        objects = 0
+        for table in self.schema.tables:
+            read = yield self.client.get_all(
+                self.schema.proton_key(table, ""), revision=revision,
+                on_page=lambda page, table=table: on_table_page(table, page),
+            )
+            objects += read.count
+            oldest = read.revision if oldest is None else min(oldest, read.revision)
+        results = yield self.client.get_all(self.schema.result_prefix, revision=revision)
+        return (oldest if oldest is not None else revision), status, results.kvs, objects
+
+    @inlineCallbacks
+    def _synchronise(self, cause):
+        """
+        A full resynchronisation: read everything at one revision and bring the model
+        to it; the watch then starts after that revision.
+        """
+        started = self.reactor.seconds()
+        self._set_not_ready("synchronising (%s)" % (cause,))
+        status = yield self.client.status()
+        if self.cluster_id is not None and status.cluster_id != self.cluster_id:
+            # A replaced cluster numbers its revisions its own way: what is queued
+            # belongs to the old one, and every object is compared by value.
+            self.sink.cluster_changed()
+            for table in self.schema.tables:
+                for obj in self.model.table(table).values():
+                    obj.revision = 0
+        self.cluster_id = status.cluster_id
+        self.metrics.child(self.metrics.resyncs, cause).inc()
+        present = {table: set() for table in self.schema.tables}
+        # Nothing is decided on a half-read model.
+        self.sink.snapshot_started()
+        revision, status, results, objects = yield self._read(
+            lambda table, page: self._apply_page(table, page, present[table], None)
+        )
+        self._apply_deletions(present, revision, None)
+        self.revision = revision
+        self.synchronised = True
+        first, self._first_snapshot = self._first_snapshot, False
+        self.sink.snapshot_applied(first, results)
+        self.last_resync = (self.reactor.seconds(), cause)
+        self.log.info(
+            "synchronised ({cause}): {objects} objects at revision {revision} in "
+            "{elapsed:.2f}s, etcd {version}",
+            cause=cause, objects=objects, revision=revision,
+            elapsed=self.reactor.seconds() - started, version=status.version,
+        )
+
+    @inlineCallbacks
+    def _resync_beside(self, cause):
+        """
+        A resynchronisation beside the live watch: changes the watch applies meanwhile
+        are newer than the snapshot's and win; deletions it applies are remembered,
+        so that the snapshot does not bring the objects back.
+        """
+        started = self.reactor.seconds()
+        self._tombstones = {}
+        try:
+            self.metrics.child(self.metrics.resyncs, cause).inc()
+            present = {table: set() for table in self.schema.tables}
+            tombstones = self._tombstones
+            revision, status, results, objects = yield self._read(
+                lambda table, page: self._apply_page(
+                    table, page, present[table], tombstones)
+            )
+            self._apply_deletions(present, revision, tombstones)
+            if self.running:
+                self.sink.snapshot_applied(False, results)
+                self.last_resync = (self.reactor.seconds(), cause)
+                self.log.info(
+                    "resynchronised beside the watch ({cause}): {objects} objects at "
+                    "revision {revision} in {elapsed:.2f}s",
+                    cause=cause, objects=objects, revision=revision,
+                    elapsed=self.reactor.seconds() - started,
+                )
+        except Exception as e:
+            if self.running:
+                self.log.warn(
+                    "resynchronising ({cause}) failed: {error}; the watch goes on, "
+                    "and the next resync tries again", cause=cause, error=e,
+                )
+        finally:
+            self._tombstones = None
+            self._background = None
+
+    def _apply_page(self, table, kvs, present, tombstones):
+        """
+        Apply a page of a snapshot of C{table}: each object that is new or newer than
+        the model's.  The names seen are added to C{present}.
+        """
+        prefix = len(self.schema.proton_key(table, ""))
+        objects = self.model.table(table)
+        for kv in kvs:
+            name = kv.key[prefix:]
+            if not name or "/" in name:
+                self.apply(PUT, kv.key, kv.value, kv.mod_revision)  # logs the bad key
+                continue
+            present.add(name)
+            known = objects.get(name)
+            if known is not None and known.revision and known.revision >= kv.mod_revision:
+                continue
+            if tombstones is not None:
+                deleted = tombstones.get((table, name))
+                if deleted is not None and deleted >= kv.mod_revision:
+                    continue
+            self._apply_to(table, name, PUT, kv.key, kv.value, kv.mod_revision)
+
+    def _apply_deletions(self, present, revision, tombstones):
+        """
+        Delete each object of the model that the snapshot at C{revision} does not
+        have (ports first), unless it was written after the snapshot.
+        """
+        for table in reversed(self.schema.tables):
+            names = present[table]
+            gone = [
+                n for n, obj in self.model.table(table).items()
+                if n not in names and obj.revision <= revision
+            ]
+            for name in gone:
+                self._apply_to(
+                    table, name, DELETE, self.schema.proton_key(table, name), None,
+                    revision,
+                )
+
+    # -- readiness
+
+    def _set_ready(self):
+        if not self.ready:
+            self.ready = True
+            self.not_ready_reason = None
+            self.metrics.ready.set(1)
+            self.log.info(
+                "shim ready: {objects} objects, watching from revision {revision}",
+                objects=sum(self.model.counts().values()), revision=self.revision + 1,
+            )
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for d in waiters:
+                d.callback(self)
+
+    def _set_not_ready(self, reason):
+        self.ready = False
+        self.not_ready_reason = reason
+        self.metrics.ready.set(0)
