@@ -146,6 +146,8 @@ class Metrics:
             "shim_result_writes_pending", "Bind results waiting to be written to etcd, "
             "retrying ones included.", registry=r,
         )
+        #: C{shim_info}'s labels once L{describe_shim} is called, else C{None}.
+        self.description = None
         self.described = False
         self._children = {}
         self._start_at_zero()
@@ -190,6 +192,10 @@ class Metrics:
         """
         self.info.clear()
         self.info.labels(version, controller_name, group, api, api_model).set(1)
+        self.description = {
+            "version": version, "controller_name": controller_name, "group": group,
+            "api": api, "api_model": api_model,
+        }
         self.described = True
 
     def child(self, metric, *labels):

@@ -330,21 +330,23 @@ def model_summary(service):
 def describe(service):
     """
     Export C{shim_info} for C{service} from its configuration, unless the service
-    did already (L{shim.metrics.Metrics.describe_shim}); a service without a C{role}
-    (no election) is always the acting shim: C{shim_leader} is 1.
+    did already (L{shim.metrics.Metrics.describe_shim}); add the group (from the host
+    list) when it left it out.
     """
     metrics = service.metrics
     config = getattr(service, "config", None)
-    if config is None or getattr(metrics, "described", True):
+    if config is None or not hasattr(metrics, "describe_shim"):
         return
-    if not hasattr(service, "role"):
-        # A service without election acts alone, always.
-        metrics.leader.set(1)
-    metrics.describe_shim(
-        __version__, config.controller_name, getattr(config, "etcd_api", "v3"),
-        getattr(config, "api_model", "net-l3vpn"),
-        group=group_of(getattr(config, "host_list", ())),
-    )
+    group = group_of(getattr(config, "host_list", ()))
+    described = getattr(metrics, "description", None)
+    if described is None:
+        metrics.describe_shim(
+            __version__, config.controller_name, getattr(config, "etcd_api", "v3"),
+            getattr(config, "api_model", "net-l3vpn"), group=group,
+        )
+    elif not described.get("group"):
+        # Described without its group: the alerts on acting shims need it.
+        metrics.describe_shim(**dict(described, group=group))
 
 
 class OperationsSite(Site):
@@ -366,6 +368,19 @@ class OperationsSite(Site):
         )
 
 
+def export_role(service):
+    """
+    Make C{shim_leader} read the service's role at scrape time: 1 for C{leader} and
+    C{single} (election off: the shim acts alone), 0 for C{standby}.  The role is what
+    C{/readyz} reports, so the two never disagree.
+    """
+    leader = getattr(service.metrics, "leader", None)
+    if leader is not None:
+        leader.set_function(
+            lambda: 1.0 if role_of(service) in ("leader", "single") else 0.0
+        )
+
+
 def make_site(service):
     """
     The web site serving the operations endpoints of C{service}.
@@ -377,6 +392,7 @@ def make_site(service):
     @rtype: L{twisted.web.server.Site}
     """
     describe(service)
+    export_role(service)
     root = IndexPage()
     root.putChild(b"", root)
     root.putChild(b"metrics", MetricsPage(service))

@@ -246,7 +246,10 @@ class WebTests(ShimWebCase):
         self.assertEqual(summary["controller_name"], "SimServer")
         self.assertEqual(summary["version"], __version__)
         self.assertFalse(summary["admin"])
-        self.assertIsNone(summary["last_resync"])
+        # A service that keeps its last resync has had one: the start's.
+        last = summary["last_resync"]
+        if last is not None:
+            self.assertEqual(last["cause"], "start")
 
     def test_model_reads_service_attributes(self):
         """
@@ -267,6 +270,20 @@ class WebTests(ShimWebCase):
         request = DummyRequest([b""])
         body = web.ReadyPage(service).render_GET(request)
         self.assertEqual((request.responseCode, body), (200, b"ready\nrole: standby\n"))
+
+    def test_leader_follows_role(self):
+        """
+        C{shim_leader} is read from the service's role when scraped: 1 for leader and
+        single, 0 for standby.
+        """
+        service = _Overriding(self.shim, role="standby")
+        web.make_site(service)
+        registry = self.shim.metrics.registry
+        self.assertEqual(registry.get_sample_value("shim_leader"), 0)
+        service.role = "leader"
+        self.assertEqual(registry.get_sample_value("shim_leader"), 1)
+        service.role = "single"
+        self.assertEqual(registry.get_sample_value("shim_leader"), 1)
 
     @inlineCallbacks
     def test_admin_off(self):
