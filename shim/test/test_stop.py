@@ -279,7 +279,8 @@ class StopTests(TwistdTestCase):
         self.assertEqual(
             result,
             {"vif_type": "ovs", "controller": CONTROLLER,
-             "vif_details": {"port_filter": False, "bridge_name": "br-gluon"}},
+             "vif_details": {"port_filter": False, "bridge_name": "br-gluon"},
+             "host_id": "compute1", "device_id": "vm1"},
             process.text())
         outcome = yield bind
         self.assertEqual(outcome.result, result)
