@@ -1,5 +1,9 @@
 """
-The port binding state machine, walked transition by transition from a table.
+The port binding decisions (L{shim.portstate.decide}), row by row from a table.
+
+A row gives what the backend was told (the placement it bound the port for, or
+C{None}), the port as the model has it now, whether anything else about the port or its
+result differs, and the L{Transition} expected: the state and the effects in order.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -8,6 +12,7 @@ from shim import portstate
 from shim.portstate import (
     BIND,
     BOUND,
+    CALLS,
     CLEAR_RESULT,
     DELETE,
     DELETE_RESULT,
@@ -18,6 +23,7 @@ from shim.portstate import (
     UNBOUND,
     WRITE_RESULT,
     Transition,
+    decide,
 )
 
 OUR_HOSTS = {"compute1", "compute2"}
@@ -38,118 +44,126 @@ NULLS = port(host=None, device=None)
 HOST_ONLY = port(host="compute1")
 DEVICE_ONLY = port(device="vm1")
 ON_OURS = port("compute1", "vm1")
-ON_OURS_RENAMED = port("compute1", "vm1", name="renamed")
-ON_OUR_OTHER_HOST = port("compute2", "vm1")
-ON_OURS_OTHER_DEVICE = port("compute1", "vm2")
 ON_THEIRS = port("compute9", "vm1")
-ON_THEIRS_RENAMED = port("compute9", "vm1", name="renamed")
 
-# (state before, prev, new, expected state, expected effects, what it shows)
-PORT_EVENTS = [
-    # New ports.
-    (UNBOUND, None, UNREQUESTED, UNBOUND, (), "a new port without a bind request"),
-    (UNBOUND, None, ON_OURS, UNBOUND, (BIND,), "a new port asking for our host"),
-    (UNBOUND, None, ON_THEIRS, INUSE, (), "a new port bound by another controller"),
-    # Unbound.
-    (UNBOUND, UNREQUESTED, ON_OURS, UNBOUND, (BIND,), "bind request for our host"),
-    (UNBOUND, UNREQUESTED, ON_THEIRS, INUSE, (), "bind request for another host"),
-    (UNBOUND, UNREQUESTED, HOST_ONLY, UNBOUND, (), "host without device is no request"),
-    (UNBOUND, UNREQUESTED, DEVICE_ONLY, UNBOUND, (), "device without host is no request"),
-    (UNBOUND, UNREQUESTED, NULLS, UNBOUND, (), "nulls are no request"),
-    (UNBOUND, ON_OURS, ON_OURS_RENAMED, UNBOUND, (BIND,), "rejected port, changed again"),
-    (UNBOUND, UNREQUESTED, None, None, (), "an unbound port deleted"),
-    # InUse.
-    (INUSE, ON_THEIRS, UNREQUESTED, UNBOUND, (), "unbind of a port bound elsewhere"),
-    (INUSE, ON_THEIRS, NULLS, UNBOUND, (), "unbind by nulls of a port bound elsewhere"),
-    (INUSE, ON_THEIRS, ON_OURS, UNBOUND, (BIND,), "migration to our host"),
-    (INUSE, ON_THEIRS, ON_THEIRS_RENAMED, INUSE, (), "change of a port bound elsewhere"),
-    (INUSE, ON_THEIRS, None, None, (), "a port bound elsewhere deleted"),
-    # Bound.
-    (BOUND, ON_OURS, UNREQUESTED, UNBOUND, (UNBIND, CLEAR_RESULT), "unbind"),
-    (BOUND, ON_OURS, NULLS, UNBOUND, (UNBIND, CLEAR_RESULT), "unbind by nulls"),
-    (BOUND, ON_OURS, HOST_ONLY, UNBOUND, (UNBIND, CLEAR_RESULT), "device cleared"),
-    (BOUND, ON_OURS, ON_THEIRS, INUSE, (UNBIND, RELEASE_RESULT), "migration away"),
-    (BOUND, ON_OURS, ON_OUR_OTHER_HOST, BOUND, (UNBIND, BIND), "moved to our other host"),
-    (BOUND, ON_OURS, ON_OURS_OTHER_DEVICE, BOUND, (UNBIND, BIND), "attached elsewhere"),
-    (BOUND, ON_OURS, ON_OURS_RENAMED, BOUND, (MODIFY,), "another attribute changed"),
-    (BOUND, ON_OURS, dict(ON_OURS), BOUND, (), "rewritten unchanged"),
-    (BOUND, ON_OURS, None, None, (DELETE, DELETE_RESULT), "a bound port deleted"),
+#: Placements the backend may have been told.
+TOLD_HERE = ("compute1", "vm1")
+TOLD_OTHER_HOST = ("compute2", "vm1")
+TOLD_OTHER_DEVICE = ("compute1", "vm0")
+
+# (told, port, port_changed, result_current, result_ours, expected state,
+#  expected effects, what the row shows)
+ROWS = [
+    # The port is gone.
+    (TOLD_HERE, None, False, True, True, None, (DELETE, DELETE_RESULT),
+     "a port bound by us deleted: delete_port, then the result key"),
+    (TOLD_HERE, None, False, True, False, None, (DELETE, DELETE_RESULT),
+     "a port bound by us deleted, the result not naming us: delete_port all the same"),
+    (None, None, False, True, True, None, (DELETE_RESULT,),
+     "a port never told deleted while etcd has our result: the key goes"),
+    (None, None, False, True, False, None, (),
+     "a port never told deleted, no result of ours: nothing"),
+    # No bind request.
+    (TOLD_HERE, UNREQUESTED, False, True, True, UNBOUND, (UNBIND, CLEAR_RESULT),
+     "unbind of a port bound by us"),
+    (TOLD_HERE, NULLS, False, True, True, UNBOUND, (UNBIND, CLEAR_RESULT),
+     "unbind by nulls"),
+    (TOLD_HERE, HOST_ONLY, False, True, True, UNBOUND, (UNBIND, CLEAR_RESULT),
+     "device cleared: no bind request any more"),
+    (TOLD_HERE, DEVICE_ONLY, True, False, False, UNBOUND, (UNBIND, CLEAR_RESULT),
+     "host cleared, whatever else differs"),
+    (None, UNREQUESTED, False, True, True, UNBOUND, (CLEAR_RESULT,),
+     "not told but our result is in etcd (we crashed mid-unbind): clear it"),
+    (None, UNREQUESTED, False, True, False, UNBOUND, (),
+     "a port without a bind request"),
+    (None, NULLS, False, True, False, UNBOUND, (), "nulls are no request"),
+    (None, HOST_ONLY, False, True, False, UNBOUND, (), "host without device"),
+    (None, DEVICE_ONLY, False, True, False, UNBOUND, (), "device without host"),
+    # Another controller's host.
+    (TOLD_HERE, ON_THEIRS, False, True, True, INUSE, (UNBIND, RELEASE_RESULT),
+     "migration away: unbind, release our result after proton's wait"),
+    (TOLD_HERE, ON_THEIRS, True, False, False, INUSE, (UNBIND, RELEASE_RESULT),
+     "migration away whatever else differs"),
+    (None, ON_THEIRS, False, True, True, INUSE, (RELEASE_RESULT,),
+     "not told, our result still there: released, not cleared at once"),
+    (None, ON_THEIRS, False, True, False, INUSE, (),
+     "a port bound by another controller"),
+    # Our host, not told.
+    (None, ON_OURS, False, True, False, UNBOUND, (BIND,), "bind request for our host"),
+    (None, ON_OURS, False, True, True, UNBOUND, (BIND,),
+     "bind request while a result of ours is there (restart without placement)"),
+    (None, ON_OURS, True, False, False, UNBOUND, (BIND,),
+     "bind request: the other flags do not matter"),
+    # Our host, told another placement.
+    (TOLD_OTHER_HOST, ON_OURS, False, True, True, BOUND, (UNBIND, BIND),
+     "moved between two of our hosts: unbind, bind afresh, result kept meanwhile"),
+    (TOLD_OTHER_DEVICE, ON_OURS, False, True, True, BOUND, (UNBIND, BIND),
+     "attached to another device (a new VM)"),
+    (TOLD_OTHER_HOST, ON_OURS, True, False, False, BOUND, (UNBIND, BIND),
+     "moved, whatever else differs: the bind tells the backend everything"),
+    # Our host, told this placement.
+    (TOLD_HERE, ON_OURS, False, True, True, BOUND, (), "bound, nothing to do"),
+    (TOLD_HERE, ON_OURS, True, True, True, BOUND, (MODIFY,),
+     "another attribute changed: modify_port"),
+    (TOLD_HERE, ON_OURS, False, False, True, BOUND, (WRITE_RESULT,),
+     "result missing, foreign or asked for again: written"),
+    (TOLD_HERE, ON_OURS, False, False, False, BOUND, (WRITE_RESULT,),
+     "result naming another controller: written over"),
+    (TOLD_HERE, ON_OURS, True, False, True, BOUND, (MODIFY, WRITE_RESULT),
+     "both: modify_port first, then the result"),
 ]
 
 
-class PortEventTests(SynchronousTestCase):
+class DecideTests(SynchronousTestCase):
     """
-    Every row of L{PORT_EVENTS}, and every effect and state reached by some row.
+    Every row of L{ROWS}, and every state and effect reached by some row.
     """
 
     def test_table(self):
         failures = []
-        for state, prev, new, expected_state, expected_effects, what in PORT_EVENTS:
-            got = portstate.on_port_event(state, prev, new, ours)
-            if got != Transition(expected_state, expected_effects):
-                failures.append(
-                    "%s: %s -> got %r, expected %r"
-                    % (what, state, got, (expected_state, expected_effects))
-                )
+        for (told, p, changed, current, result_ours, state, effects,
+             what) in ROWS:
+            got = decide(told, p, ours, port_changed=changed,
+                         result_current=current, result_ours=result_ours)
+            if got != Transition(state, effects):
+                failures.append("%s: got %r, expected %r" % (
+                    what, got, Transition(state, effects)))
         self.assertEqual(failures, [])
 
     def test_table_covers_everything(self):
         """
-        The table reaches every state from every state and every port-event effect.
+        The table reaches every state and every effect.
         """
-        pairs = {(row[0], row[3]) for row in PORT_EVENTS}
-        effects = {e for row in PORT_EVENTS for e in row[4]}
+        self.assertEqual({row[5] for row in ROWS}, {None, UNBOUND, BOUND, INUSE})
         self.assertEqual(
-            effects,
-            {BIND, UNBIND, MODIFY, DELETE, CLEAR_RESULT, RELEASE_RESULT, DELETE_RESULT},
+            {e for row in ROWS for e in row[6]},
+            {BIND, UNBIND, MODIFY, DELETE, WRITE_RESULT, CLEAR_RESULT, RELEASE_RESULT,
+             DELETE_RESULT},
         )
-        self.assertTrue({(UNBOUND, INUSE), (INUSE, UNBOUND), (BOUND, UNBOUND),
-                         (BOUND, INUSE), (BOUND, BOUND), (UNBOUND, None),
-                         (INUSE, None), (BOUND, None)} <= pairs)
+        self.assertEqual(CALLS, {BIND, UNBIND, MODIFY, DELETE})
+
+    def test_defaults(self):
+        """
+        Left out, C{port_changed} is false, C{result_current} true and C{result_ours}
+        false: a bound port with nothing to do.
+        """
+        self.assertEqual(decide(TOLD_HERE, ON_OURS, ours), Transition(BOUND, ()))
+        self.assertEqual(decide(None, None, ours), Transition(None, ()))
 
     def test_star_host_list(self):
         """
         With C{host_list = *} every host is ours.
         """
-        got = portstate.on_port_event(UNBOUND, None, ON_THEIRS, lambda host: True)
-        self.assertEqual(got, Transition(UNBOUND, (BIND,)))
+        self.assertEqual(decide(None, ON_THEIRS, lambda host: True),
+                         Transition(UNBOUND, (BIND,)))
 
-
-class BindOutcomeTests(SynchronousTestCase):
-    def test_accepted(self):
-        self.assertEqual(
-            portstate.on_bind_outcome(UNBOUND, True), Transition(BOUND, (WRITE_RESULT,))
-        )
-
-    def test_rejected(self):
-        self.assertEqual(portstate.on_bind_outcome(UNBOUND, False), Transition(UNBOUND, ()))
-
-    def test_rebind_accepted(self):
-        self.assertEqual(
-            portstate.on_bind_outcome(BOUND, True), Transition(BOUND, (WRITE_RESULT,))
-        )
-
-    def test_rebind_rejected(self):
+    def test_pure(self):
         """
-        A port moved between two of our hosts whose new bind fails loses the old result.
+        Deciding changes nothing in the port it is given.
         """
-        self.assertEqual(
-            portstate.on_bind_outcome(BOUND, False), Transition(UNBOUND, (CLEAR_RESULT,))
-        )
-
-
-class RetryTests(SynchronousTestCase):
-    ROWS = [
-        (UNBOUND, ON_OURS, Transition(UNBOUND, (BIND,)), "rejected bind retried"),
-        (UNBOUND, UNREQUESTED, Transition(UNBOUND, ()), "nothing asked"),
-        (UNBOUND, ON_THEIRS, Transition(UNBOUND, ()), "not our host"),
-        (BOUND, ON_OURS, Transition(BOUND, ()), "already bound"),
-        (INUSE, ON_THEIRS, Transition(INUSE, ()), "bound elsewhere"),
-    ]
-
-    def test_table(self):
-        for state, p, expected, what in self.ROWS:
-            self.assertEqual(portstate.on_retry(state, p, ours), expected, what)
+        p = dict(ON_OURS)
+        decide(TOLD_OTHER_HOST, p, ours, True, False, True)
+        self.assertEqual(p, ON_OURS)
 
 
 class BindRequestTests(SynchronousTestCase):
@@ -157,3 +171,9 @@ class BindRequestTests(SynchronousTestCase):
         self.assertTrue(portstate.is_bind_request(ON_OURS))
         for p in (None, UNREQUESTED, NULLS, HOST_ONLY, DEVICE_ONLY, {}):
             self.assertFalse(portstate.is_bind_request(p), p)
+
+    def test_placement(self):
+        self.assertEqual(portstate.placement(ON_OURS), ("compute1", "vm1"))
+        self.assertEqual(portstate.placement(UNREQUESTED), (None, None))
+        self.assertEqual(portstate.placement(NULLS), (None, None))
+        self.assertEqual(portstate.placement({}), (None, None))
