@@ -385,7 +385,10 @@ class ShimTests(RealProtonMixin, TestCase):
         answer = yield self.api.bind(port_a, "compute1")
         self.assertAnswered(answer)
         port_b = yield self.create_port()
-        yield wait_until(lambda: self.v2.get(result_key(port_b)),
-                         what="B's result key, created by the shim as B appears")
+        yield wait_until(
+            lambda: self.v2.get(result_key(port_b)),
+            what="B's result key: the shim creates it as {} (prevExist=false) when B "
+                 "first appears, so that proton waits from its index (see "
+                 "docs/real-proton.md, the wait-index bug)")
         answer = yield self.api.bind(port_b, "compute1")
         self.assertAnswered(answer)
