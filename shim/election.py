@@ -27,7 +27,7 @@ import time
 
 from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from shim.backoff import Backoff
 from shim.etcd import Compare, NotFound, Op
@@ -142,6 +142,7 @@ class Election(object):
         self._timers = {}
         self._backoff = Backoff(initial=0.1, maximum=max(1.0, self.ttl / 3.0))
         self._keepalive_paused = False
+        self._keepalive_failures = 0
         self._others = set()
         self._waiting = []
         self._announced = None
@@ -312,6 +313,8 @@ class Election(object):
         self._track(d)
 
         def failed(f):
+            if f.check(NotFound):
+                return None     # already gone: expired, or revoked by someone else
             log.info("election {key}: revoking lease {lease} failed ({error}); it"
                      " expires on its own", key=self.key, lease=lease_id,
                      error=f.getErrorMessage() or f.type.__name__)
@@ -404,6 +407,7 @@ class Election(object):
 
     def _won(self, lease, epoch, sent):
         self._leading = True
+        self._keepalive_failures = 0
         self._lease_id = lease.id
         self._epoch = self._last_epoch = epoch
         self._deadline = sent + lease.ttl
@@ -558,13 +562,17 @@ class Election(object):
             ttl = yield d
         except NotFound:
             if generation == self._generation:
-                self._lose("etcd says the lease expired or was revoked")
+                self._lose("etcd says the lease expired or was revoked", revoke=False)
             return
         except Exception as e:
             if generation != self._generation:
                 return
             self._client.skip_endpoint(endpoint)
-            log.warn("election {key}: keepalive at {endpoint} failed ({error}); {left:.1f}"
+            # The first failure of a run is a warning; the quick retries that follow
+            # (one per endpoint, until the deadline) are not.
+            self._keepalive_failures += 1
+            log.emit(LogLevel.warn if self._keepalive_failures == 1 else LogLevel.debug,
+                     "election {key}: keepalive at {endpoint} failed ({error}); {left:.1f}"
                      " s left on the lease", key=self.key, endpoint=endpoint,
                      error=_describe(e), left=self._deadline - self._monotonic())
             self._later("keepalive", self.retry_delay, self._keepalive)
@@ -573,15 +581,19 @@ class Election(object):
             return
         if self._check_deadline():
             return
+        if self._keepalive_failures:
+            log.info("election {key}: keepalive at {endpoint} succeeded again",
+                     key=self.key, endpoint=endpoint)
+            self._keepalive_failures = 0
         self._deadline = max(self._deadline, sent + ttl)
         self._schedule_deadline()
         self._later("keepalive", interval, self._keepalive)
 
-    def _lose(self, reason):
+    def _lose(self, reason, revoke=True):
         """Stop leading, revoke what is left of the lease, and campaign again."""
         if not self._leading:
             return
-        lease_id = self._lease_id
+        lease_id = self._lease_id if revoke else None
         self._halt()
         self._running = True
         self.elections_lost += 1

@@ -225,14 +225,15 @@ class ShimProcess(object):
                 f.write("%s = %s\n" % (key, value))
         self.process = None
         self.transport = None
-        self.stopped = False
+        self._pid = None
 
     def __repr__(self):
         return "<ShimProcess %s pid %s>" % (self.name, self.pid)
 
     @property
     def pid(self):
-        return self.transport.pid if self.transport is not None else None
+        """The process id (kept after the process ended)."""
+        return self._pid
 
     @property
     def running(self):
@@ -248,7 +249,7 @@ class ShimProcess(object):
                                         "--config", self.config]
         self.transport = reactor.spawnProcess(self.process, executable, argv, env=env,
                                               path=REPO)
-        self.stopped = False
+        self._pid = self.transport.pid
         return self
 
     @inlineCallbacks
@@ -292,7 +293,9 @@ class ShimProcess(object):
             yield sleep(0.02)
 
     def signal(self, name):
-        self.transport.signalProcess(name)
+        """Send the signal C{name} (C{"STOP"}, C{"CONT"}, C{"TERM"}, C{"KILL"}...)."""
+        if self.running:
+            os.kill(self._pid, getattr(signal, "SIG" + name))
 
     def kill(self):
         """SIGKILL; a Deferred firing once the process is gone."""
@@ -305,10 +308,7 @@ class ShimProcess(object):
         """SIGCONT then SIGTERM; SIGKILL after 15 s. Fires once the process is gone."""
         if not self.running:
             return succeed(None)
-        try:
-            os.kill(self.pid, signal.SIGCONT)
-        except OSError:
-            pass
+        self.signal("CONT")
         self.signal("TERM")
         timer = reactor.callLater(15, lambda: self.running and self.signal("KILL"))
 
