@@ -232,6 +232,26 @@ class ProtonWritesTests(RealProtonMixin, TestCase):
                             "the updated VPN")
 
 
+    @inlineCallbacks
+    def test_sync_thread_stops_after_failed_write(self):
+        """
+        Proton's writer thread stops for good after one failed etcd write: a port
+        created while etcd is down, and one created after etcd is back, never reach
+        etcd (REST still answers).  This is why fault tests drive etcd with
+        shim-proton.
+        """
+        self.etcd.stop()
+        lost = yield self.api.create_port(new_id(), TENANT)
+        yield wait_until(lambda: "SyncThread exiting" in self.proton.log_text(),
+                         what="proton's sync thread to stop")
+        self.etcd.start()
+        after = yield self.api.create_port(new_id(), TENANT)
+        self.assertIn("Error writing to etcd", self.proton.log_text())
+        for port in (lost, after):
+            row = yield self.row("Port", port["id"])
+            self.assertIsNone(row, port["id"])
+
+
 class WaitIndexTests(RealProtonMixin, TestCase):
     """
     Proton's wait index belongs to the process: it is set only when the result key
