@@ -277,12 +277,15 @@ class ProtonServer(object):
 @inlineCallbacks
 def start_proton(testcase, etcd_url, **kwargs):
     """
-    A fresh running L{ProtonServer} on C{etcd_url}, stopped and removed when
-    C{testcase} ends; skips the test when proton is not installed.  A failing test
-    shows the path of proton's log, kept until the test ends.
+    A fresh running L{ProtonServer} on C{etcd_url}, stopped when C{testcase} ends;
+    skips the test when proton is not installed.  Its directory (config, database,
+    C{proton.log}) is in the test's own temporary directory, which trial keeps after
+    the run for a look at a failure.
     """
+    kwargs.setdefault("base_dir", os.path.abspath(testcase.mktemp()))
+    os.makedirs(kwargs["base_dir"], exist_ok=True)
     server = ProtonServer(etcd_url, **kwargs)
-    testcase.addCleanup(server.cleanup)
+    testcase.addCleanup(server.stop)
     yield server.start()
     return server
 
