@@ -13,14 +13,16 @@ times, alternately:
   - B{baseline}: the same C{--binds} JSON requests POSTed with treq, at most
     C{--max-in-flight} at once (a DeferredSemaphore) over a connection pool of that
     size, each answer read and decoded;
-  - B{http backend}: C{--binds} calls of C{bind_port} made at once, as the shim makes
-    them (through L{shim.calls.BackendCaller}, whose time limit is C{--caller-timeout}),
-    to an L{HttpBackend} with C{max_in_flight = --max-in-flight}.
+  - B{backend alone}: C{--binds} calls of C{bind_port} made at once to an
+    L{HttpBackend} with C{max_in_flight = --max-in-flight};
+  - B{backend via caller}: the same, made as the shim makes them, through
+    L{shim.calls.BackendCaller} (whose time limit is C{--caller-timeout}).
 
-Each run prints its time, successes, failures (by outcome), how many answered within
+Each run prints its time (and this process's CPU time, steadier on a busy machine),
+successes, failures (by outcome), how many answered within
 the shim's default C{bind_timeout} (2.5 s from the call), and latency percentiles
-measured from the moment all calls were made.  The summary gives the medians and the
-ratio of the backend's time to the baseline's.  C{--unbounded} adds one run with
+measured from the moment the first call was made.  The summary gives the medians and
+their ratios to the baseline's.  C{--unbounded} adds one run with
 C{max_in_flight} as large as the burst, which is what the backend did before the bound:
 with 1024 files it fails with "Too many open files".
 """
@@ -46,7 +48,9 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import (  # noqa: E402
     Deferred, DeferredList, DeferredSemaphore, inlineCallbacks)
 from twisted.internet.protocol import ProcessProtocol  # noqa: E402
+from twisted.internet.defer import TimeoutError  # noqa: E402
 from twisted.logger import LogLevel, globalLogBeginner  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 from twisted.web.client import Agent, HTTPConnectionPool  # noqa: E402
 
 from shim import keys  # noqa: E402
@@ -142,9 +146,10 @@ class Run:
     One run's figures.
     """
 
-    def __init__(self, name, started, finished, outcomes, latencies):
+    def __init__(self, name, started, finished, outcomes, latencies, cpu):
         self.name = name
         self.seconds = finished - started
+        self.cpu = cpu
         self.outcomes = outcomes
         self.ok = outcomes.get("ok", 0)
         self.failed = sum(n for o, n in outcomes.items() if o != "ok")
@@ -155,9 +160,9 @@ class Run:
         self.max = latencies[-1] if latencies else float("nan")
 
     def line(self):
-        return ("%-22s %6.2f s  ok %5d  failed %5d %-28s within %.1f s: %5d  "
-                "p50 %.2f s  p99 %.2f s  max %.2f s" % (
-                    self.name, self.seconds, self.ok, self.failed,
+        return ("%-18s %5.2f s (cpu %5.2f s)  ok %5d  failed %5d %-28s within %.1f s: "
+                "%5d  p50 %.2f s  p99 %.2f s  max %.2f s" % (
+                    self.name, self.seconds, self.cpu, self.ok, self.failed,
                     "(%s)" % ", ".join("%s %d" % kv for kv in sorted(
                         self.outcomes.items()) if kv[0] != "ok") if self.failed else "",
                     BIND_TIMEOUT, self.in_time, self.p50, self.p99, self.max))
@@ -197,47 +202,69 @@ def baseline(reactor, url, model, binds, concurrency):
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         latencies.append(time.monotonic() - started)
 
+    cpu = time.process_time()
     started = time.monotonic()
     calls = [limit.run(one, uuid, changes) for uuid, changes in binds]
     yield DeferredList(calls, consumeErrors=True)
     finished = time.monotonic()
+    cpu = time.process_time() - cpu
     yield pool.closeCachedConnections()
-    return Run("baseline (treq)", started, finished, outcomes, latencies)
+    return Run("baseline (treq)", started, finished, outcomes, latencies, cpu)
 
 
 @inlineCallbacks
 def through_backend(reactor, url, model, binds, max_in_flight, caller_timeout, name):
     """
-    The binds made at once through an L{HttpBackend}, as the shim calls it.
+    The binds made at once through an L{HttpBackend}: as the shim calls it (through a
+    L{BackendCaller} with time limit C{caller_timeout}), or, when C{caller_timeout} is
+    C{None}, by calling C{bind_port} directly.
     """
     backend = HttpBackend({"url": url, "max_in_flight": str(max_in_flight)},
                           reactor=reactor)
     metrics = Metrics()
-    caller = BackendCaller(backend, caller_timeout, reactor, metrics)
+    caller = None
+    if caller_timeout is not None:
+        caller = BackendCaller(backend, caller_timeout, reactor, metrics)
     latencies = []
+    outcomes = {}
 
     def answered(result):
         latencies.append(time.monotonic() - started)
         return result
 
+    def direct(result):
+        latencies.append(time.monotonic() - started)
+        if isinstance(result, Failure):
+            outcome = "timeout" if result.check(TimeoutError) else "error"
+        else:
+            outcome = "ok" if result == VIF else "error"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    cpu = time.process_time()
     started = time.monotonic()
     calls = []
     for uuid, changes in binds:
-        d = caller.call("bind_port", "port %s" % (uuid,), uuid, model, changes)
-        if isinstance(d, Deferred):
-            d.addCallback(answered)
+        if caller is not None:
+            d = caller.call("bind_port", "port %s" % (uuid,), uuid, model, changes)
+            if isinstance(d, Deferred):
+                d.addCallback(answered)
+        else:
+            d = backend.bind_port(uuid, model, changes)
+            d.addBoth(direct)
         calls.append(d)
     yield DeferredList([d for d in calls if isinstance(d, Deferred)],
                        consumeErrors=True)
     finished = time.monotonic()
+    cpu = time.process_time() - cpu
     yield backend.close()
-    outcomes = {}
-    for outcome in ("ok", "rejected", "error", "timeout"):
-        n = metrics.registry.get_sample_value(
-            "shim_backend_calls_total", {"callback": "bind_port", "outcome": outcome})
-        if n:
-            outcomes[outcome] = int(n)
-    return Run(name, started, finished, outcomes, latencies)
+    if caller is not None:
+        for outcome in ("ok", "rejected", "error", "timeout"):
+            n = metrics.registry.get_sample_value(
+                "shim_backend_calls_total",
+                {"callback": "bind_port", "outcome": outcome})
+            if n:
+                outcomes[outcome] = int(n)
+    return Run(name, started, finished, outcomes, latencies, cpu)
 
 
 class _Errors:
@@ -296,33 +323,40 @@ def main(reactor, args):
     errors.count = 0
     errors.kinds.clear()
 
-    base_runs, backend_runs = [], []
+    kinds = [
+        ("baseline (treq)", "baseline: treq, %d at once" % (args.max_in_flight,),
+         lambda: baseline(reactor, url, model, binds, args.max_in_flight)),
+        ("backend alone", "http backend alone (bind_port called directly)",
+         lambda: through_backend(reactor, url, model, binds, args.max_in_flight, None,
+                                 "backend alone")),
+        ("backend via caller", "http backend via BackendCaller (as the shim calls it)",
+         lambda: through_backend(reactor, url, model, binds, args.max_in_flight,
+                                 args.caller_timeout, "backend via caller")),
+    ]
+    runs = {name: [] for name, _, _ in kinds}
     for _ in range(args.rounds):
-        run = yield baseline(reactor, url, model, binds, args.max_in_flight)
-        print(run.line(), flush=True)
-        base_runs.append(run)
-        run = yield through_backend(reactor, url, model, binds, args.max_in_flight,
-                                    args.caller_timeout, "http backend")
-        print(run.line(), flush=True)
-        backend_runs.append(run)
+        for name, _, measure in kinds:
+            run = yield measure()
+            print(run.line(), flush=True)
+            runs[name].append(run)
     if errors.count:
         print("# errors logged: %d: %s" % (errors.count, errors.kinds))
 
-    base = statistics.median(r.seconds for r in base_runs)
-    ours = statistics.median(r.seconds for r in backend_runs)
     print()
-    print("| %d binds at once, %d files | time (median of %d) | ok | failed | "
-          "within %.1f s |" % (args.binds, files, args.rounds, BIND_TIMEOUT))
-    print("|---|---|---|---|---|")
-    for name, runs, t in (("baseline: treq, %d at once" % args.max_in_flight,
-                           base_runs, base),
-                          ("http backend, max_in_flight %d" % args.max_in_flight,
-                           backend_runs, ours)):
-        print("| %s | %.2f s | %s | %s | %s |" % (
-            name, t, "/".join(str(r.ok) for r in runs),
-            "/".join(str(r.failed) for r in runs),
-            "/".join(str(r.in_time) for r in runs)))
-    print("| ratio (backend / baseline) | %.2fx | | | |" % (ours / base,))
+    print("| %d binds at once, %d files, max_in_flight %d | time (median of %d) | "
+          "ratio | client cpu | ratio | ok | failed | within %.1f s |" % (
+              args.binds, files, args.max_in_flight, args.rounds, BIND_TIMEOUT))
+    print("|---|---|---|---|---|---|---|---|")
+    base = statistics.median(r.seconds for r in runs["baseline (treq)"])
+    base_cpu = statistics.median(r.cpu for r in runs["baseline (treq)"])
+    for name, title, _ in kinds:
+        t = statistics.median(r.seconds for r in runs[name])
+        cpu = statistics.median(r.cpu for r in runs[name])
+        print("| %s | %.2f s | %.2fx | %.2f s | %.2fx | %s | %s | %s |" % (
+            title, t, t / base, cpu, cpu / base_cpu,
+            "/".join(str(r.ok) for r in runs[name]),
+            "/".join(str(r.failed) for r in runs[name]),
+            "/".join(str(r.in_time) for r in runs[name])))
 
     if args.unbounded:
         errors.count = 0

@@ -118,6 +118,13 @@ def _cancelled(failure):
     return any(r.check(CancelledError) for r in failure.value.reasons)
 
 
+def _nothing(body, where):
+    """
+    What a notification's answer gives: nothing (its body is ignored).
+    """
+    return None
+
+
 def _changes(changes):
     """
     A L{shim.model.Changes} as JSON: C{{"new": {...}, "prev": {...}}}.
@@ -210,6 +217,8 @@ class InFlightLimit:
     started.  A running call cancelled is cancelled by its own Deferred's canceller.
     (Cancelled entries stay in the queue until their turn comes, and are then skipped,
     so that cancelling thousands of waiting calls at once costs no queue search.)
+    A waiting call holds a handful of objects only: a burst of thousands of calls
+    should cost the garbage collector little.
 
     @ivar size: the most calls running at once.
     @ivar running: calls running now.
@@ -223,33 +232,27 @@ class InFlightLimit:
         self._queue = deque()
         self._dispatching = False
 
-    def run(self, start):
+    def run(self, start, *args):
         """
-        Call C{start()} once fewer than C{size} calls are running and every call that
-        came earlier has started.
+        Call C{start(*args)} once fewer than C{size} calls are running and every call
+        that came earlier has started.
 
         @param start: a callable returning a Deferred (or raising).
-        @return: a Deferred firing with what C{start()}'s Deferred fires with.
+        @return: a Deferred firing with what C{start(*args)}'s Deferred fires with.
             Cancelling it before C{start} was called takes the call out of the queue
-            (it fails with L{CancelledError}); after, cancels C{start()}'s Deferred.
+            (it fails with L{CancelledError}); after, cancels C{start}'s Deferred.
         """
         if self.running < self.size and not self.waiting:
-            return self._start(start)
-        turn = Deferred(self._leave)
-        turn.addCallback(lambda _: self._start(start))
+            return self._start(start, args)
+        turn = _Turn(self, start, args)
         self._queue.append(turn)
         self.waiting += 1
-        return turn
+        return turn.result
 
-    def _leave(self, turn):
-        # Cancelled while waiting: the entry stays in the queue, already fired, and is
-        # skipped when its turn comes.
-        self.waiting -= 1
-
-    def _start(self, start):
+    def _start(self, start, args):
         self.running += 1
         try:
-            d = start()
+            d = start(*args)
         except Exception:
             d = fail()
         d.addBoth(self._finished)
@@ -273,12 +276,47 @@ class InFlightLimit:
             queue = self._queue
             while queue and self.running < self.size:
                 turn = queue.popleft()
-                if turn.called:
-                    continue
+                if turn.result.called:
+                    continue  # cancelled while waiting
                 self.waiting -= 1
-                turn.callback(None)
+                turn.begin(self._start(turn.start, turn.args))
         finally:
             self._dispatching = False
+
+
+class _Turn:
+    """
+    A call waiting in an L{InFlightLimit}'s queue.
+
+    @ivar result: the Deferred its caller holds.
+    @ivar running: the started call's Deferred, once started.
+    """
+
+    __slots__ = ("limit", "start", "args", "result", "running")
+
+    def __init__(self, limit, start, args):
+        self.limit = limit
+        self.start = start
+        self.args = args
+        self.running = None
+        self.result = Deferred(self._cancel)
+
+    def begin(self, running):
+        self.start = self.args = None
+        self.running = running
+        running.addBoth(self._done)
+
+    def _done(self, outcome):
+        if not self.result.called:
+            self.result.callback(outcome)  # a Failure goes down the errback chain
+
+    def _cancel(self, result):
+        if self.running is None:
+            # Still queued: left in the queue, already fired, skipped in its turn.
+            self.limit.waiting -= 1
+            self.start = self.args = None
+        else:
+            self.running.cancel()
 
 
 @implementer(IBodyProducer)
@@ -442,7 +480,7 @@ class HttpBackend:
 
     # -- the exchange
 
-    def post(self, callback, about, body):
+    def post(self, callback, about, body, parse=None):
         """
         POST one callback's JSON body and read the answer, once fewer than
         L{max_in_flight} requests are out.
@@ -450,22 +488,23 @@ class HttpBackend:
         @param callback: the callback's name, for error messages.
         @param about: what the call is about (C{"port <uuid>"}), for error messages.
         @param body: the JSON-serialisable request.
-        @return: a Deferred firing with the raw response body (bytes) of a 2xx answer,
+        @param parse: if given, called with a 2xx answer's body and C{where} (the
+            call's description for messages); its result is the call's.
+        @return: a Deferred firing with the raw response body (bytes) of a 2xx answer
+            (or with what C{parse} makes of it),
             or failing with L{HttpBackendError} (L{HttpBackendTimeout} when no answer
             came within L{timeout} of sending).  Cancelling it before the request is
             sent takes the call out of the queue; after, aborts the request, closing
             its connection.  Either way it fails with L{CancelledError}.
         """
         where = "http backend: POST %s for %s of %s" % (self.url, callback, about)
-        d = self.limit.run(lambda: self._send(body, where))
-        d.addErrback(self._failed, where)
-        return d
+        return self.limit.run(self._send, body, where, parse)
 
-    def _send(self, body, where):
+    def _send(self, body, where, parse):
         """
         Send one request now; its time limit starts here, not when the call was made.
-        (The body is encoded here too: a burst of calls then costs its encoding as its
-        requests go out, not all of it before the first one can.)
+        (The body is encoded here too, and the answer's handling set up, so that a
+        call waiting its turn holds little.)
         """
         try:
             data = json.dumps(body, sort_keys=True).encode("utf-8")
@@ -476,6 +515,9 @@ class HttpBackend:
         d.addCallback(self._read, where)
         d.addTimeout(self.timeout, self._clock,
                      onTimeoutCancel=lambda result, timeout: self._timed_out(where))
+        d.addErrback(self._failed, where)
+        if parse is not None:
+            d.addCallback(parse, where)
         return d
 
     def _timed_out(self, where):
@@ -574,7 +616,6 @@ class HttpBackend:
         "vpn_instance", "afconfigs"}}; the answer is the bind result, C{{}} (or an
         empty body) rejecting the port.
         """
-        where = "http backend: POST %s for bind_port of port %s" % (self.url, uuid)
         body = {
             "callback": "bind_port",
             "uuid": uuid,
@@ -582,14 +623,10 @@ class HttpBackend:
             "port": _plain(model.ports.get(uuid)),
         }
         body.update(self._vpn_context(uuid, model))
-        d = self.post("bind_port", "port %s" % (uuid,), body)
-        d.addCallback(self._bind_result, where)
-        return d
+        return self.post("bind_port", "port %s" % (uuid,), body, self._bind_result)
 
     def _notify(self, callback, about, body):
-        d = self.post(callback, about, body)
-        d.addCallback(lambda _: None)
-        return d
+        return self.post(callback, about, body, _nothing)
 
     def unbind_port(self, uuid, model, changes):
         """
