@@ -87,6 +87,7 @@ class Follower:
         self._ready_waiters = []
         self._other_apis = set()
         self._first_snapshot = True
+        self._restore = False
 
     # -- life cycle
 
@@ -124,14 +125,17 @@ class Follower:
             self._ready_waiters.append(d)
         return d
 
-    def request_resync(self, cause, full=False):
+    def request_resync(self, cause, full=False, restore=False):
         """
         Read everything from etcd again and repair any difference from the model.
 
         A periodic or requested resync runs beside the live watch; C{full=True} (and
         any resync before the watch is live) stops the watch and reads everything
-        before watching again.
+        before watching again.  With C{restore=True} (a takeover) the sink takes the
+        bind results read as what the backend holds.
         """
+        if restore:
+            self._restore = True
         if not full and self.synchronised and self.ready:
             if self._background is None:
                 self._background = self._resync_beside(cause)
@@ -396,7 +400,8 @@ class Follower:
         self.revision = revision
         self.synchronised = True
         first, self._first_snapshot = self._first_snapshot, False
-        self.sink.snapshot_applied(first, results)
+        restore, self._restore = self._restore, False
+        self.sink.snapshot_applied(first or restore, results)
         self.last_resync = (self.reactor.seconds(), cause)
         self.log.info(
             "synchronised ({cause}): {objects} objects at revision {revision} in "
@@ -424,7 +429,8 @@ class Follower:
             )
             self._apply_deletions(present, revision, tombstones)
             if self.running:
-                self.sink.snapshot_applied(False, results)
+                restore, self._restore = self._restore, False
+                self.sink.snapshot_applied(restore, results)
                 self.last_resync = (self.reactor.seconds(), cause)
                 self.log.info(
                     "resynchronised beside the watch ({cause}): {objects} objects at "

@@ -38,11 +38,13 @@ CALL_OUTCOMES = ("ok", "rejected", "error", "timeout")
 RETRIED = CALLBACKS + ("write_result", "internal")
 
 #: The object types and the kinds of event applied to them.
-TABLES = ("ProtonBasePort", "VPNPort", "VpnInstance", "VpnAfConfig")
+TABLES = ("ProtonBasePort", "VPNPort", "VpnInstance", "VpnAfConfig",
+          "Port", "Interface", "VpnService", "VpnBinding")
 ACTIONS = ("PUT", "DELETE")
 
 #: Why the service read everything from etcd again.
-RESYNC_CAUSES = ("start", "periodic", "compacted", "cluster_changed", "admin", "takeover")
+RESYNC_CAUSES = ("start", "periodic", "compacted", "cluster_changed", "admin", "takeover",
+                 "too_large")
 
 #: Why a watch ended (L{shim.etcd.watch}), before it was restarted.
 WATCH_END_REASONS = (
@@ -53,8 +55,10 @@ WATCH_END_REASONS = (
 BAD_INPUT_REASONS = ("bad_key", "bad_value", "other_api")
 
 #: Writes of bind results (L{shim.results}), and how each attempt ended.
-RESULT_OPERATIONS = ("publish", "clear", "remove")
-WRITE_OUTCOMES = ("ok", "error")
+RESULT_OPERATIONS = ("publish", "publish_again", "clear", "remove")
+#: ok: written; skipped: etcd held it already (or it no longer named us); conflict:
+#: a failed compare, read again; error: etcd failed, retried with backoff.
+WRITE_OUTCOMES = ("ok", "skipped", "conflict", "error")
 
 #: The outcomes of a campaign for the election of the acting shim.
 ELECTION_OUTCOMES = ("won", "lost")

@@ -69,6 +69,7 @@ class ShimService(Service):
         self.election = None
         self.role = SINGLE
         self._election_client = election_client
+        self._stepping_down = None
         self.writer = self.results = ResultWriter(
             self.client, self.schema, config.controller_name, reactor, self.metrics,
             acting=self.acting, fence=self._fence,
@@ -92,6 +93,8 @@ class ShimService(Service):
                 __version__, config.controller_name,
                 getattr(config, "etcd_api", "v3"), self.schema.name,
             )
+        if config.election_enabled and (client is None or election_client is not None):
+            self._make_election()
         for name, getter in (
             ("queue_depth", lambda: self.queue.depth),
             ("queue_oldest", self.queue.oldest_age),
@@ -111,7 +114,7 @@ class ShimService(Service):
 
     def snapshot_applied(self, first, results):
         self.controller.snapshot_applied(first, results)
-        if self.acting():
+        if self.acting() and self.running:
             self.queue.resume()
 
     def cluster_changed(self):
@@ -166,6 +169,85 @@ class ShimService(Service):
         """
         self.follower.apply(kind, key, value, revision)
 
+    # -- the election
+
+    def _make_election(self):
+        from shim.election import Election, election_key
+        if self._election_client is None:
+            config = self.config
+            # A client of its own, v3 whatever the data's API: keepalives never wait
+            # behind a burst of the service's calls, and v3 leases cost v2's event
+            # history nothing.
+            self._election_client = EtcdClient(
+                endpoints=list(config.etcd_endpoints),
+                timeout=max(1.0, config.election_ttl / 3.0),
+                username=config.username, password=config.password,
+                ca_file=config.ca_file, cert_file=config.cert_file,
+                key_file=config.key_file, reactor=self.reactor,
+            )
+        self.election = Election(
+            self._election_client,
+            election_key(self.config.controller_name, self.config.host_list),
+            identity(), ttl=self.config.election_ttl,
+            on_elected=self._elected, on_lost=self._lost, on_role=self._role,
+            reactor=self.reactor,
+        )
+        self.role = STANDBY
+        self.queue.pause()
+
+    def _role(self, role):
+        self.role = role
+
+    def _elected(self, epoch):
+        """
+        This shim won: reconcile everything from etcd's results, then act.
+        """
+        self.role = LEADER
+        self.model.epoch = epoch
+        self.metrics.child(self.metrics.elections, "won").inc()
+        self.log.info(
+            "acting for {controller} (epoch {epoch}): reconciling every port from the "
+            "bind results in etcd", controller=self.config.controller_name, epoch=epoch,
+        )
+        self.controller.forget_all()
+        if self.follower.synchronised:
+            self.follower.request_resync("takeover", restore=True)
+        # Else the first synchronisation restores and resumes.
+
+    def _lost(self, reason):
+        """
+        This shim stopped acting: it calls nothing and writes nothing more, and keeps
+        its model live as a standby.
+        """
+        self.role = STANDBY
+        self.model.epoch = None
+        self.metrics.child(self.metrics.elections, "lost").inc()
+        self.log.warn("standing by: no longer acting ({reason})", reason=reason)
+        self.queue.pause()
+        self.writer.cancel_all()
+        self.controller.forget_all()
+
+    def step_down(self):
+        """
+        Hand the acting role to a standby (an operator's request): resign, and campaign
+        again once another shim had the time to take over.
+        """
+        if self.election is None:
+            raise RuntimeError("election is off")
+        was = self.role
+        self.queue.pause()
+        self.writer.cancel_all()
+        self.controller.forget_all()
+        d = self.election.resign()
+        self.role = STANDBY
+        self.model.epoch = None
+        self.log.info("stepping down ({role}): a standby takes over", role=was)
+
+        def again(_):
+            if self.running:
+                self.reactor.callLater(self.config.election_ttl, self.election.start)
+        return d.addCallback(again)
+
     # -- acting
 
     def acting(self):
@@ -195,14 +277,20 @@ class ShimService(Service):
             backend=self.config.backend,
         )
         self.follower.start()
+        if self.election is not None:
+            self.election.start()
 
     @inlineCallbacks
     def stopService(self):
+        """
+        Stop taking new work, let the calls and result writes in flight finish (still
+        holding the lease, for a bounded time), then resign so that a standby takes
+        over at once.
+        """
         Service.stopService(self)
-        yield self.follower.stop()
-        # Let running callbacks and result writes finish, within limits; nothing
-        # new starts.  The callbacks first: a bind that finishes asks for a write.
         self.queue.pause()
+        yield self.follower.stop()
+        # The callbacks first: a bind that finishes asks for a write.
         settled = self.queue.idle()
         settled.addCallback(lambda _: self.writer.idle())
         settled.addTimeout(STOP_TIMEOUT, self.reactor)
@@ -216,6 +304,9 @@ class ShimService(Service):
             )
         self.queue.stop()
         self.writer.stop()
+        if self.election is not None:
+            yield self.election.resign()
+            yield self._election_client.close()
         yield self.client.close()
         self.log.info("shim stopped at revision {revision}", revision=self.revision)
 
