@@ -1,57 +1,489 @@
 """
-The bind-result writer's retries, with a client that fails (pure logic).
+The bind-result writer (L{shim.results.ResultWriter}) on the in-memory fake etcd and a
+fake clock: compare-and-set over what proton or another shim wrote, the latest wish
+winning, delayed releases, conflicts, failures and backoff.
 """
 
-from twisted.internet.defer import fail, succeed
+import json
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from shim.backoff import Backoff
+from shim.bindresult import EMPTY, BindResult
 from shim.etcd import ConnectionFailed
-from shim.results import ResultWriter
+from shim.metrics import Metrics
+from shim.results import MAX_CONFLICTS, ResultWriter
+from shim.schema import model_named
+from shim.test.fakeetcd import FakeEtcd
 
-RESULT = {"vif_type": "ovs", "vif_details": {"port_filter": False}}
+SCHEMA = model_named("net-l3vpn")
+KEY = SCHEMA.result_key("p1")
+OURS = BindResult("ovs", {"port_filter": False}, "SimServer", "compute1", "vm1")
+OURS_OLDER = BindResult("ovs", {"port_filter": True}, "SimServer", "compute2", "vm1")
+FOREIGN = BindResult("vhu", {}, "West", "w1", "vm1")
 
 
-class FailingPuts:
+def no_jitter():
     """
-    A client whose puts fail while C{down} is true, and record what they wrote.
+    Delays of 1, 2, 4 and 8 seconds, exactly.
     """
-
-    def __init__(self):
-        self.down = True
-        self.written = []
-
-    def put(self, key, value):
-        if self.down:
-            return fail(ConnectionFailed(None, "etcd put %r: down" % (key,)))
-        self.written.append((key, value))
-        return succeed(None)
+    return Backoff(initial=1.0, maximum=8.0, random=lambda: 1.0)
 
 
-class RetryTests(SynchronousTestCase):
+class WriterCase(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
-        self.client = FailingPuts()
-        self.writer = ResultWriter(self.client, "SimServer", self.clock)
+        self.etcd = FakeEtcd()
+        self.metrics = Metrics()
+        self.is_acting = True
+        self.conflicts = []
+        self.written = []
+        self.writer = ResultWriter(
+            self.etcd, SCHEMA, "SimServer", self.clock, self.metrics,
+            backoff=no_jitter, acting=lambda: self.is_acting,
+            on_conflict=self.conflicts.append,
+        )
 
-    def test_retried_until_written(self):
-        self.writer.publish("p1", RESULT)
-        self.assertEqual(self.client.written, [])
-        self.assertIn("p1", self.writer.pending)
-        self.client.down = False
-        self.clock.advance(10)
-        self.assertEqual([k for k, v in self.client.written],
-                         ["/controller/net-l3vpn/ProtonBasePort/p1"])
+    def put(self, value, key=KEY):
+        """
+        Write C{value} as someone else would (proton, another shim); its revision.
+        """
+        if isinstance(value, BindResult):
+            value = value.encode()
+        return self.successResultOf(self.etcd.put(key, value)).revision
+
+    def value(self):
+        return self.etcd.value(KEY)
+
+    def kv(self):
+        return self.etcd.data.get(KEY)
+
+    def writes(self, operation, outcome):
+        return self.metrics.registry.get_sample_value(
+            "shim_result_writes_total",
+            {"operation": operation, "outcome": outcome}) or 0
+
+    def publish(self, result=OURS, **kwargs):
+        self.writer.publish("p1", result, on_written=self.written.append, **kwargs)
+
+    def down(self, *methods):
+        """
+        Fail every call of C{methods} (all when none given) until L{up}.
+        """
+        def fail(method, key):
+            if not methods or method in methods:
+                return ConnectionFailed(None, "etcd %s %s: down" % (method, key))
+            return None
+        self.etcd.fail = fail
+
+    def up(self):
+        self.etcd.fail = None
+
+
+class PublishTests(WriterCase):
+    def test_over_empty(self):
+        """
+        A result is written over proton's C{{}}; C{on_written} hears its revision.
+        """
+        self.put(EMPTY)
+        self.publish()
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertEqual(self.written, [self.kv().mod_revision])
         self.assertEqual(self.writer.pending, {})
-        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        self.assertEqual(self.writer.known["p1"], (self.kv().mod_revision, OURS.encode()))
+        self.assertEqual(self.writes("publish", "ok"), 1)
+        self.successResultOf(self.writer.idle())
+
+    def test_absent_key(self):
+        """
+        A key that does not exist is created.
+        """
+        self.publish()
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertEqual(self.kv().version, 1)
+
+    def test_over_own_older(self):
+        self.put(OURS_OLDER)
+        self.publish()
+        self.assertEqual(self.value(), OURS.encode())
+
+    def test_over_foreign(self):
+        """
+        A result naming another controller is written over (PROTOCOL.md section 3):
+        the port is on our host now.
+        """
+        self.put(FOREIGN)
+        self.publish()
+        self.assertEqual(json.loads(self.value())["controller"], "SimServer")
+
+    def test_equal_is_skipped(self):
+        """
+        A result etcd holds already is not written again.
+        """
+        revision = self.put(OURS)
+        self.publish()
+        self.assertEqual(self.kv().mod_revision, revision)
+        self.assertEqual(self.writes("publish", "skipped"), 1)
+        self.assertEqual(self.writer.pending, {})
+
+    def test_again_writes_a_new_revision(self):
+        """
+        C{again=True} (proton asked again) writes a new revision even when etcd holds
+        the same result: proton waits for a change of the key.
+        """
+        revision = self.put(OURS)
+        self.publish(again=True)
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertGreater(self.kv().mod_revision, revision)
+        self.assertEqual(self.written, [self.kv().mod_revision])
+
+    def test_known_from_snapshot(self):
+        """
+        A result noted from a snapshot is compared without reading the key again.
+        """
+        revision = self.put(EMPTY)
+        self.writer.note("p1", revision, EMPTY)
+        self.publish()
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertNotIn(("get", KEY), self.etcd.calls)
+
+    def test_holds_and_names_us(self):
+        self.assertFalse(self.writer.names_us("p1"))
+        self.assertFalse(self.writer.holds("p1", OURS.encode()))
+        self.down()
+        self.publish()
+        # Pending: as good as written for the controller's decisions.
+        self.assertTrue(self.writer.holds("p1", OURS.encode()))
+        self.assertFalse(self.writer.holds("p1", OURS_OLDER.encode()))
+        self.assertTrue(self.writer.names_us("p1"))
+        self.up()
+        self.clock.advance(1)
+        self.assertTrue(self.writer.holds("p1", OURS.encode()))
+        self.assertTrue(self.writer.names_us("p1"))
+        self.put(FOREIGN)
+        self.writer.note("p1", self.kv().mod_revision, FOREIGN.encode())
+        self.assertFalse(self.writer.names_us("p1"))
+        self.assertFalse(self.writer.holds("p1", OURS.encode()))
+        self.flushLoggedErrors()
+
+
+class ClearTests(WriterCase):
+    def test_clear_ours(self):
+        self.put(OURS)
+        self.writer.clear("p1")
+        self.assertEqual(self.value(), EMPTY)
+        self.assertEqual(self.writes("clear", "ok"), 1)
+
+    def test_clear_foreign_or_empty_or_absent(self):
+        """
+        A clear writes C{{}} only while the key names us.
+        """
+        for value in (FOREIGN, EMPTY, b"garbage", None):
+            self.etcd.data.pop(KEY, None)
+            self.writer.forget("p1")
+            if value is not None:
+                revision = self.put(value)
+            self.writer.clear("p1")
+            if value is None:
+                self.assertNotIn(KEY, self.etcd.data)
+            else:
+                self.assertEqual(self.kv().mod_revision, revision, value)
+        self.assertEqual(self.writes("clear", "skipped"), 4)
+
+    def test_remove_ours(self):
+        self.put(OURS)
+        self.writer.remove("p1")
+        self.assertNotIn(KEY, self.etcd.data)
+        self.assertNotIn("p1", self.writer.known)
+
+    def test_remove_foreign(self):
+        """
+        A delete happens only while the key names us.
+        """
+        revision = self.put(FOREIGN)
+        self.writer.remove("p1")
+        self.assertEqual(self.kv().mod_revision, revision)
+        self.writer.forget("p1")
+        self.put(EMPTY)
+        self.writer.remove("p1")
+        self.assertEqual(self.value(), EMPTY)
+
+    def test_clear_after_foreign_write(self):
+        """
+        Another shim wrote its result after ours: our clear's compare fails, the key
+        is read again, and it names them now: nothing is written.
+        """
+        self.put(EMPTY)
+        self.publish()
+        revision = self.put(FOREIGN)
+        self.writer.clear("p1")
+        self.assertEqual(self.kv().mod_revision, revision)
+        self.assertEqual(self.conflicts, ["p1"])
+        self.assertEqual(self.writes("clear", "conflict"), 1)
+        self.assertEqual(self.writes("clear", "skipped"), 1)
+
+
+class WishTests(WriterCase):
+    def test_newer_supersedes_older(self):
+        """
+        A publish waiting for its retry is replaced by a newer one: the older result
+        is never written.
+        """
+        self.put(EMPTY)
+        self.down("put_if")
+        self.publish(OURS_OLDER)
+        self.publish(OURS)
+        self.up()
+        self.clock.advance(100)
+        history = [k for (m, k) in self.etcd.calls if m == "put_if"]
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertEqual(self.kv().version, 2)
+        self.assertEqual(self.written, [self.kv().mod_revision])
+        self.assertEqual(len(history), 2)
+        self.flushLoggedErrors()
+
+    def test_clear_supersedes_failing_publish(self):
+        """
+        A publish being retried, then a clear (an unbind): the result is never
+        written, C{{}} stays.
+        """
+        revision = self.put(EMPTY)
+        self.down("put_if")
+        self.publish()
+        self.writer.clear("p1")
+        self.up()
+        self.clock.advance(100)
+        self.assertEqual((self.value(), self.kv().mod_revision), (EMPTY, revision))
+        self.assertEqual(self.writer.pending, {})
+        self.assertEqual(self.written, [])
+
+    def test_delayed_clear_supersedes_failing_publish(self):
+        """
+        A publish being retried when the port migrates to another controller's host
+        (a delayed release): the publish is dropped at once, so it never lands on the
+        gaining shim's result, and the release finds their result and leaves it.
+        """
+        self.put(EMPTY)
+        self.down("put_if")
+        self.publish()
+        self.writer.clear("p1", delay=10)
+        # The gaining shim writes its result while ours waits for its retry.
+        revision = self.put(FOREIGN)
+        self.up()
+        self.clock.advance(100)
+        self.assertEqual((self.value(), self.kv().mod_revision),
+                         (FOREIGN.encode(), revision))
+        self.assertEqual(self.written, [])
+
+    def test_delayed_clear(self):
+        """
+        A clear with a delay writes C{{}} once the delay is over.
+        """
+        self.put(OURS)
+        self.writer.clear("p1", delay=10)
+        self.assertIn("p1", self.writer.delayed)
+        self.clock.advance(9.9)
+        self.assertEqual(self.value(), OURS.encode())
+        self.clock.advance(0.1)
+        self.assertEqual(self.value(), EMPTY)
+        self.assertNotIn("p1", self.writer.delayed)
+
+    def test_delayed_clear_cancelled_by_publish(self):
+        """
+        A delayed release is cancelled by a later wish: the port came back to our
+        host and bound again; proton never sees C{{}}.
+        """
+        self.put(OURS_OLDER)
+        self.writer.clear("p1", delay=10)
+        self.publish()
+        self.clock.advance(100)
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertEqual(self.writer.delayed, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_delayed_clear_cancelled(self):
+        """
+        C{cancel()} drops a delayed release (a bind on our host was decided).
+        """
+        revision = self.put(OURS)
+        self.writer.clear("p1", delay=10)
+        self.writer.cancel("p1")
+        self.clock.advance(100)
+        self.assertEqual(self.kv().mod_revision, revision)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_drops_pending(self):
+        """
+        C{cancel()} drops a pending wish waiting for its retry.
+        """
+        revision = self.put(EMPTY)
+        self.down("put_if")
+        self.publish()
+        self.writer.cancel("p1")
+        self.up()
+        self.clock.advance(100)
+        self.assertEqual(self.kv().mod_revision, revision)
+        self.assertEqual(self.writer.pending, {})
+        self.flushLoggedErrors()
+
+    def test_delayed_clear_replaced(self):
+        """
+        A second delayed clear replaces the first: one delayed call at a time.
+        """
+        self.put(OURS)
+        self.writer.clear("p1", delay=10)
+        self.clock.advance(5)
+        self.writer.clear("p1", delay=10)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(9)
+        self.assertEqual(self.value(), OURS.encode())
+        self.clock.advance(1)
+        self.assertEqual(self.value(), EMPTY)
+
+
+class ConflictTests(WriterCase):
+    def test_failed_compare_rereads(self):
+        """
+        Proton re-created the key as C{{}} after the snapshot: the compare fails, the
+        key is read again, C{on_conflict} hears the port, and the result is written.
+        """
+        old = self.put(EMPTY)
+        self.writer.note("p1", old, EMPTY)
+        self.put(EMPTY)
+        self.publish()
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertEqual(self.conflicts, ["p1"])
+        self.assertEqual(self.writes("publish", "conflict"), 1)
+        self.assertEqual(self.writes("publish", "ok"), 1)
+        self.assertIn(("get", KEY), self.etcd.calls)
+
+    def test_repeated_conflicts_back_off(self):
+        """
+        A compare that keeps failing is retried, and after L{MAX_CONFLICTS} in a row
+        it waits like a failure.
+        """
+        etcd = self.etcd
+        real = etcd.put_if
+
+        def racing_put_if(key, value, mod_revision, guard=()):
+            # Someone writes the key between every read and our write.
+            etcd._put(key, EMPTY)
+            return real(key, value, mod_revision, guard)
+
+        etcd.put_if = racing_put_if
+        self.publish()
+        self.assertEqual(len(self.conflicts), MAX_CONFLICTS)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        etcd.put_if = real
+        self.clock.advance(1)
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertEqual(self.writer.pending, {})
+
+
+class FailureTests(WriterCase):
+    def test_retried_with_backoff(self):
+        """
+        A write that fails is retried after 1, 2, 4 ... seconds while its wish stands,
+        each failure counted; it is written once etcd answers.
+        """
+        self.put(EMPTY)
+        self.down("put_if")
+        self.publish()
+        attempts = lambda: sum(1 for m, _ in self.etcd.calls if m == "put_if")
+        self.assertEqual(attempts(), 1)
+        self.clock.advance(0.999)
+        self.assertEqual(attempts(), 1)
+        self.clock.advance(0.001)
+        self.assertEqual(attempts(), 2)
+        self.clock.advance(2)
+        self.assertEqual(attempts(), 3)
+        self.assertEqual(self.writes("publish", "error"), 3)
+        self.assertIn("p1", self.writer.pending)
+        self.assertNoResult(self.writer.idle())
+        self.up()
+        self.clock.advance(4)
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertEqual(self.writer.pending, {})
+        self.assertEqual(len(self.written), 1)
+
+    def test_failed_read_retried(self):
+        self.down("get")
+        self.publish()
+        self.assertIsNone(self.value())
+        self.up()
+        self.clock.advance(1)
+        self.assertEqual(self.value(), OURS.encode())
+
+    def test_not_acting_drops_wishes(self):
+        """
+        A shim that may not act (a standby, a lease run out) writes nothing and keeps
+        no wish: the acting shim reconciles the port.
+        """
+        self.is_acting = False
+        self.publish()
+        self.writer.clear("p1")
+        self.writer.remove("p1")
+        self.assertEqual(self.etcd.calls, [])
+        self.assertEqual(self.writer.pending, {})
+
+    def test_stops_acting_while_retrying(self):
+        self.down("put_if")
+        self.publish()
+        self.is_acting = False
+        self.up()
+        self.clock.advance(100)
+        self.assertIsNone(self.value())
+        self.assertEqual(self.writer.pending, {})
+        self.flushLoggedErrors()
 
     def test_stop_drops_the_pause(self):
         """
         Stopping while a write waits for its next attempt leaves nothing scheduled.
         """
-        self.writer.publish("p1", RESULT)
+        self.down()
+        self.publish()
         self.writer.clear("p2", delay=10)
         self.assertEqual(len(self.clock.getDelayedCalls()), 2)
         self.writer.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.successResultOf(self.writer.idle())
+        self.flushLoggedErrors()
+
+    def test_cancel_all(self):
+        self.down()
+        self.publish()
+        self.writer.clear("p2", delay=10)
+        self.writer.cancel_all()
+        self.assertEqual(self.writer.pending, {})
+        self.assertEqual(self.writer.delayed, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.flushLoggedErrors()
+
+
+class FenceTests(WriterCase):
+    def test_fence_travels_with_each_write(self):
+        """
+        Each compare-and-set carries the election's fence as its guard.
+        """
+        guards = []
+        etcd = self.etcd
+        put_if, delete_if = etcd.put_if, etcd.delete_if
+
+        def recording_put_if(key, value, mod_revision, guard=()):
+            guards.append(guard)
+            return put_if(key, value, mod_revision, guard)
+
+        def recording_delete_if(key, mod_revision, guard=()):
+            guards.append(guard)
+            return delete_if(key, mod_revision, guard)
+
+        etcd.put_if, etcd.delete_if = recording_put_if, recording_delete_if
+        writer = ResultWriter(etcd, SCHEMA, "SimServer", self.clock, self.metrics,
+                              fence=lambda: ("fence",))
+        writer.publish("p1", OURS)
+        writer.clear("p1")
+        writer.publish("p1", OURS)
+        writer.remove("p1")
+        self.assertEqual(guards, [("fence",)] * 4)
+        self.assertNotIn(KEY, etcd.data)
