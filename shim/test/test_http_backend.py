@@ -35,6 +35,7 @@ from shim.model import Changes, Model, Port, decode
 from shim.plugins.http import (
     DEFAULT_MAX_IN_FLIGHT,
     HttpBackend,
+    InFlightLimit,
     HttpBackendError,
     HttpBackendTimeout,
     HttpOptions,
@@ -487,6 +488,52 @@ class Held:
 
 def bind(backend, uuid, model=None):
     return backend.bind_port(uuid, model or sample_model(), Changes({}, {}))
+
+
+class InFlightLimitTests(TestCase):
+    """
+    The queue itself, without a network.
+    """
+
+    def test_failing_at_once_down_a_long_queue(self):
+        """
+        Thousands of queued calls that fail as they start all fail in order, started
+        by a loop, not by recursion.
+        """
+        limit = InFlightLimit(1)
+        first = Deferred()
+        limit.run(lambda: first)
+        failed = []
+
+        def start(n):
+            raise ValueError(n)
+
+        calls = [limit.run(start, n) for n in range(5000)]
+        for call in calls:
+            call.addErrback(lambda f: failed.append(f.value.args[0]))
+        self.assertEqual(limit.waiting, 5000)
+        first.callback(None)
+        self.assertEqual(failed, list(range(5000)))
+        self.assertEqual((limit.running, limit.waiting), (0, 0))
+
+    def test_cancel_a_started_call_that_ignores_it(self):
+        """
+        Cancelling a started call whose Deferred does not go on at once (here: paused)
+        fails the caller's Deferred at once; what comes later is dropped, not an
+        error, and frees the place.
+        """
+        limit = InFlightLimit(1)
+        first = Deferred()
+        limit.run(lambda: first)
+        late = Deferred()
+        second = limit.run(lambda: late)
+        first.callback(None)
+        late.pause()
+        second.cancel()
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(limit.running, 1)
+        late.unpause()
+        self.assertEqual((limit.running, limit.waiting), (0, 0))
 
 
 class LoadTests(ServerTestCase):
