@@ -47,7 +47,8 @@ PATHS = (
     ("readyz", "readiness: 200 when synchronised with etcd and watching, else 503"),
     ("model", "JSON summary of the model, the role and the work in progress"),
     ("admin/resync", "POST: read everything from etcd again ([metrics] admin = true)"),
-    ("admin/step-down", "POST: hand the acting role to a standby ([metrics] admin = true)"),
+    ("admin/step-down",
+     "POST: hand the acting role to a standby ([metrics] admin = true)"),
 )
 
 #: The header an admin request must carry (any value): a web page in an operator's
@@ -145,6 +146,8 @@ class AdminAction(_ServiceResource):
     403 unless C{[metrics] admin = true} and the request carries L{ADMIN_HEADER}.
     """
 
+    _log = Logger()
+
     def __init__(self, service, action):
         _ServiceResource.__init__(self, service)
         self.action = action
@@ -172,7 +175,8 @@ class AdminAction(_ServiceResource):
                 b"it)\n",
             )
         if self.action == "resync":
-            self._log.info("resync requested through {uri}", uri="/admin/resync")
+            self._log.info("resync requested by {client} through /admin/resync",
+                           client=_client(request))
             service.request_resync("admin")
             return _answer(request, 202, _TEXT, b"resync requested\n")
         step_down = getattr(service, "step_down", None)
@@ -188,7 +192,8 @@ class AdminAction(_ServiceResource):
                 ("this shim is %s, not the acting shim: nothing to hand over\n"
                  % (role_of(service),)).encode("utf-8"),
             )
-        self._log.info("step-down requested through {uri}", uri="/admin/step-down")
+        self._log.info("step-down requested by {client} through /admin/step-down",
+                       client=_client(request))
         d = maybeDeferred(step_down)
 
         def done(_):
@@ -203,7 +208,12 @@ class AdminAction(_ServiceResource):
         d.addCallbacks(done, failed)
         return NOT_DONE_YET
 
-    _log = Logger()
+
+def _client(request):
+    """
+    The address a request came from, for the log.
+    """
+    return getattr(request.getClientAddress(), "host", "?")
 
 
 def _finish(request, code, body):

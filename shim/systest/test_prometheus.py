@@ -194,7 +194,8 @@ class PrometheusTests(TestCase):
         self.http = HTTPClient(Agent(reactor, pool=pool))
         self.etcd = start_etcd(self)
         self.client, self.proton = proton_side(self, self.etcd)
-        self.shim = yield ShimRunner(self, [self.etcd.client_url]).start()
+        self.shim = yield ShimRunner(self, [self.etcd.client_url]).start(
+            extra="[election]\nenabled = false\n")
         port = yield web.listen(self.shim, ("127.0.0.1", 0), reactor)
         self.addCleanup(port.stopListening)
         self.target = "127.0.0.1:%d" % (port.getHost().port,)

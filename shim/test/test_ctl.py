@@ -44,7 +44,8 @@ class _ShimctlCase(TestCase):
     """
 
     timeout = 120
-    extra = ""
+    #: Election off: these tests are about a shim acting alone (role "single").
+    extra = "[election]\nenabled = false\n"
 
     @inlineCallbacks
     def setUp(self):
@@ -142,7 +143,7 @@ class ShimctlAdminTests(_ShimctlCase):
     shimctl and a shim with C{[metrics] admin = true}.
     """
 
-    extra = "[metrics]\nadmin = true\n"
+    extra = "[election]\nenabled = false\n[metrics]\nadmin = true\n"
 
     @inlineCallbacks
     def test_actions(self):

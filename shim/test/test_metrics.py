@@ -71,7 +71,8 @@ class StartAtZeroTests(TestCase):
         m.child(m.retries, "write_result").inc()
         m.child(m.elections, "won").inc()
         found = scrape(m)
-        self.assertEqual(found[("shim_retries_total", (("callback", "write_result"),))], 1)
+        self.assertEqual(
+            found[("shim_retries_total", (("callback", "write_result"),))], 1)
         self.assertEqual(found[("shim_elections_total", (("outcome", "won"),))], 1)
         self.assertEqual(found[("shim_elections_total", (("outcome", "lost"),))], 0)
 

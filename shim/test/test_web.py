@@ -52,7 +52,8 @@ class ShimWebCase(TestCase):
     """
 
     timeout = 120
-    extra = ""
+    #: Election off: these tests are about a shim acting alone (role "single").
+    extra = "[election]\nenabled = false\n"
 
     @inlineCallbacks
     def setUp(self):
@@ -324,7 +325,7 @@ class AdminTests(ShimWebCase):
     The admin actions of a shim with C{[metrics] admin = true}.
     """
 
-    extra = "[metrics]\nadmin = true\n"
+    extra = "[election]\nenabled = false\n[metrics]\nadmin = true\n"
 
     @inlineCallbacks
     def test_resync(self):
