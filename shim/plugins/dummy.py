@@ -97,9 +97,10 @@ class DummyBackend:
     def bind_port(self, uuid, model, changes):
         """
         Accept the bind of a port attached to a known VPN: the port must have a
-        VPNPort, and that VPNPort's VpnInstance must be in the model.  Otherwise
-        answer C{{}}, which the shim logs as a rejection; it asks again when the
-        VPNPort or the VPN arrives.
+        service binding (a VPNPort; a VpnBinding of one of its interfaces in Gluon
+        1.x), and the service (VpnInstance; VpnService) it names must be in the
+        model.  Otherwise answer C{{}}, which the shim logs as a rejection; it asks
+        again when the binding or the VPN arrives.
         """
         port = model.ports.get(uuid, {})
         self.log.info(
@@ -107,13 +108,14 @@ class DummyBackend:
             uuid=uuid, host=port.get("host_id"), device=port.get("device_id"),
             changes=describe_changes(changes),
         )
-        vpn_port = model.vpn_ports.get(uuid)
-        if vpn_port is None:
-            self.log.info("bind_port {uuid}: rejected, the port has no VPNPort",
-                          uuid=uuid)
+        # The relations read the same in both model generations.
+        bindings = model.bindings_of_port(uuid)
+        if not bindings:
+            self.log.info("bind_port {uuid}: rejected, the port has no service "
+                          "binding", uuid=uuid)
             return {}
-        vpn = vpn_port.get("vpn_instance")
-        if not vpn or vpn not in model.vpn_instances:
+        vpn = model.vpn_of_port(uuid)
+        if not vpn or vpn not in model.services:
             self.log.info(
                 "bind_port {uuid}: rejected, its VPN instance {vpn!r} is unknown",
                 uuid=uuid, vpn=vpn,
@@ -162,11 +164,10 @@ class DummyBackend:
         """
         Log a port's attachment to a VPN instance, or its move to another one.
         """
-        binding = model.vpn_ports.get(uuid, {})
+        field = model.schema.binding_service
         self.log.info(
-            "modify_service_binding {uuid}: VPN instance {prev!r} -> {new!r}",
-            uuid=uuid, prev=(prev_binding or {}).get("vpn_instance"),
-            new=binding.get("vpn_instance"),
+            "modify_service_binding {uuid}: VPN {prev!r} -> {new!r}",
+            uuid=uuid, prev=(prev_binding or {}).get(field), new=model.vpn_of_port(uuid),
         )
 
     def delete_service_binding(self, model, prev_binding):

@@ -50,7 +50,6 @@ from zope.interface import implementer
 
 from shim.backends import BackendPlugin
 from shim.interfaces import IBackend
-from shim.model import split_list
 
 #: Seconds one request may take, answer included, unless C{[backend] timeout} says.
 DEFAULT_TIMEOUT = 5.0
@@ -592,16 +591,16 @@ class HttpBackend:
         (those the model has), as the request fields C{vpn_port}, C{vpn_instance} and
         C{afconfigs}.
         """
-        vpn_port = model.vpn_ports.get(uuid)
-        vpn_id = vpn_port.get("vpn_instance") if vpn_port is not None else None
-        vpn = model.vpn_instances.get(vpn_id) if vpn_id else None
+        bindings = model.bindings_of_port(uuid)
+        vpn_port = next(iter(bindings.values()), None)
+        vpn_id = model.vpn_of_port(uuid)
+        vpn = model.services.get(vpn_id) if vpn_id else None
         afconfigs = {}
         if vpn is not None:
-            for family in ("ipv4_family", "ipv6_family"):
-                for name in split_list(vpn.get(family)):
-                    afconfig = model.vpn_afconfigs.get(name)
-                    if afconfig is not None:
-                        afconfigs[name] = dict(afconfig)
+            for name in model.route_targets_of(vpn):
+                afconfig = model.route_targets.get(name)
+                if afconfig is not None:
+                    afconfigs[name] = dict(afconfig)
         return {
             "vpn_port": _plain(vpn_port),
             "vpn_instance": _plain(vpn),
@@ -662,7 +661,7 @@ class HttpBackend:
         """
         return self._notify("modify_service", "VPN %s" % (uuid,), {
             "callback": "modify_service", "uuid": uuid, "changes": _changes(changes),
-            "service": _plain(model.vpn_instances.get(uuid)),
+            "service": _plain(model.services.get(uuid)),
         })
 
     def delete_service(self, uuid, model, service):

@@ -3,7 +3,6 @@ Tests for L{shim.backends} (finding and checking a backend) and the C{dummy} bac
 """
 
 import dataclasses
-from types import SimpleNamespace
 
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
@@ -13,7 +12,7 @@ from zope.interface.verify import verifyObject
 from shim.backends import BackendPlugin, available_backends, load_backend
 from shim.config import ConfigError, ShimConfig
 from shim.interfaces import IBackend, IBackendPlugin
-from shim.model import Changes, ModelObject
+from shim.model import Changes, Model, ModelObject
 from shim.plugins import dummy as dummy_module
 from shim.plugins.dummy import DummyBackend
 
@@ -234,15 +233,14 @@ def fake_model():
     def port(uuid):
         return ModelObject(id=uuid, host_id="compute1", device_id="vm-" + uuid)
 
-    return SimpleNamespace(
-        ports={u: port(u) for u in ("p1", "p2", "p3")},
-        vpn_ports={
-            "p1": ModelObject(id="p1", vpn_instance="vpn1"),
-            "p2": ModelObject(id="p2", vpn_instance="vpn-gone"),
-        },
-        vpn_instances={"vpn1": ModelObject(id="vpn1", ipv4_family="100:1")},
-        vpn_afconfigs={"100:1": ModelObject(vrf_rt_value="100:1")},
-    )
+    model = Model()
+    for u in ("p1", "p2", "p3"):
+        model.put("ProtonBasePort", u, port(u))
+    model.put("VPNPort", "p1", ModelObject(id="p1", vpn_instance="vpn1"))
+    model.put("VPNPort", "p2", ModelObject(id="p2", vpn_instance="vpn-gone"))
+    model.put("VpnInstance", "vpn1", ModelObject(id="vpn1", ipv4_family="100:1"))
+    model.put("VpnAfConfig", "100:1", ModelObject(vrf_rt_value="100:1"))
+    return model
 
 
 BIND = Changes({"host_id": "compute1", "device_id": "vm"},
@@ -280,7 +278,7 @@ class DummyBackendTests(TestCase):
     def test_bind_rejected_without_vpn_port(self):
         with capturedLogs() as events:
             self.assertEqual(self.backend.bind_port("p3", self.model, BIND), {})
-        self.assertTrue(any("no VPNPort" in formatEvent(e) for e in events))
+        self.assertTrue(any("no service binding" in formatEvent(e) for e in events))
 
     def test_bind_rejected_unknown_vpn(self):
         with capturedLogs() as events:
