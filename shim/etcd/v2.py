@@ -49,7 +49,7 @@ class _BodyReader(Protocol):
     """
     Hands a response body to C{feed} as it arrives; C{finished} fires when it is
     complete, or fails: with C{feed}'s exception (the connection is then closed), or
-    with L{Timeout} when nothing arrived for C{idle} seconds.
+    with L{Timeout} when nothing arrived for C{idle} seconds (None: no limit).
     """
 
     def __init__(self, feed, finished, reactor, idle, describe):
@@ -59,12 +59,13 @@ class _BodyReader(Protocol):
         self._idle = idle
         self._describe = describe
         self._failed = None
-        self._watchdog = reactor.callLater(idle, self._silent)
+        self._watchdog = reactor.callLater(idle, self._silent) if idle else None
 
     def dataReceived(self, data):
         if self._failed is not None:
             return
-        self._watchdog.reset(self._idle)
+        if self._watchdog is not None:
+            self._watchdog.reset(self._idle)
         try:
             self._feed(data)
         except Exception:
@@ -253,12 +254,16 @@ class EtcdV2Client(object):
         raise ConnectionFailed(None, "etcd %s: no endpoint reachable: %s"
                                % (call, "; ".join(problems)))
 
-    def _read(self, response, feed, describe):
-        """Read the body into C{feed} as it arrives; fires when complete."""
+    def _read(self, response, feed, describe, idle=-1):
+        """
+        Read the body into C{feed} as it arrives; fires when complete. Cancelling
+        closes the connection.
+        """
         def cancel(_):
             reader._fail(Failure(defer.CancelledError(describe)))
         finished = defer.Deferred(cancel)
-        reader = _BodyReader(feed, finished, self._reactor, self.timeout, describe)
+        reader = _BodyReader(feed, finished, self._reactor,
+                             self.timeout if idle == -1 else idle, describe)
         response.deliverBody(reader)
         return finished
 
@@ -321,6 +326,36 @@ class EtcdV2Client(object):
             message = self._decode(call, endpoint, response.code, body)
             raise v2wire.error_from_v2(response.code, message, call, endpoint)
         returnValue((endpoint, response))
+
+    def _long_poll(self, call, path):
+        """
+        One wait for an event (not streamed), on a connection of its own: fires
+        with (store index when etcd took the wait, the answer's JSON object, error
+        answers included) once etcd answers, which may be much later.  Cancelling
+        it closes its connection.
+        """
+        state = {}
+
+        def opened(result):
+            endpoint, response = result
+            state["index"] = self._seen(response)
+            chunks = []
+            reading = self._read(response, chunks.append, "etcd %s at %s"
+                                 % (call, endpoint), idle=None)
+            state["reading"] = reading
+            return reading.addCallback(lambda _: (
+                state["index"], self._decode(call, endpoint, response.code,
+                                             b"".join(chunks)) or {}))
+
+        def cancel(_):
+            for key in ("sending", "reading"):
+                if key in state and not state[key].called:
+                    state[key].cancel()
+        done = defer.Deferred(cancel)
+        state["sending"] = sending = self._send(call, "GET", path, http=self._stream_http,
+                                                tries=len(self._endpoints))
+        sending.addCallback(opened).chainDeferred(done)
+        return done
 
     # -- the API --------------------------------------------------------
 
@@ -484,7 +519,6 @@ class EtcdV2Client(object):
                          accept=v2wire.CAS_FAILED).addCallback(
             lambda result: wire.CasResult(result[2], result[0]))
 
-    @inlineCallbacks
     def delete_if(self, key, mod_revision, guard=()):
         """
         Delete C{key} only if its modifiedIndex is still C{mod_revision} ->
@@ -494,6 +528,10 @@ class EtcdV2Client(object):
         if not mod_revision:
             raise ValueError("delete_if %r: mod_revision must be the key's revision,"
                              " not %r" % (key, mod_revision))
+        return self._delete_if(key, mod_revision)
+
+    @inlineCallbacks
+    def _delete_if(self, key, mod_revision):
         path = v2wire.key_path(key) + "?" + urlencode({"prevIndex": str(int(mod_revision))})
         index, code, message = yield self._request(
             "delete_if %r" % (key,), "DELETE", path, accept=v2wire.CAS_FAILED)

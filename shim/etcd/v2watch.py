@@ -13,11 +13,19 @@ Two traits of etcd's v2 watcher hub shape it:
     C{X-Etcd-Index} header.  The watch then opens a new stream from the next index,
     and so on until it has caught up (one request per event of the backlog); from
     then on one stream carries every event.
-  - etcd drops a stream watcher that has 100 events unsent: the stream ends; the
-    watch ends with C{"connection_lost"} and the caller resumes from
-    C{last_revision + 1}.  etcd keeps the last 1000 events only (of the whole store,
-    not of this directory): an older index is "event index cleared", which ends the
-    watch with C{"compacted"}, C{compact_revision} being the oldest index etcd holds.
+  - etcd drops a stream watcher that has 100 events unsent (a reader that fell
+    behind) without a word: the stream stays open and goes silent (etcd 3.4 and
+    3.5 take the watcher out of the hub but do not close its stream).  So when the
+    stream has been silent for C{probe_interval} seconds, the watch asks etcd, with
+    one long-poll from C{last_revision + 1}, for the next event.  etcd answers at
+    once if such an event is in its history, else when the next one happens; a
+    healthy stream delivers that event too.  If the stream has not delivered it
+    C{probe_interval} seconds later, the watcher was dropped: the watch ends with
+    C{"connection_lost"} and the caller resumes from C{last_revision + 1}.  On a
+    quiet directory this holds one idle long-poll open per watch.
+  - etcd keeps the last 1000 events only (of the whole store, not of this
+    directory): an older index is "event index cleared", which ends the watch with
+    C{"compacted"}, C{compact_revision} being the oldest index etcd holds.
 
 v2 sends no progress notifications (C{on_progress} is never called): an idle
 timeout on a quiet store would end a healthy watch, so keep it off (None).
@@ -48,7 +56,11 @@ class V2Watch(Watch):
     @ivar endpoint: the endpoint of the current stream.
     @ivar events_seen: how many events arrived.
     @ivar reopens: how many streams were opened again while catching up.
+    @cvar probe_interval: seconds of silence on the stream before the watch checks,
+        with a long-poll, that etcd has not dropped its watcher.
     """
+
+    probe_interval = 2.0
 
     def __init__(self, client, key, start_revision, on_event, prefix=True,
                  prev_kv=False, progress_notify=True, idle_timeout=None,
@@ -85,6 +97,10 @@ class V2Watch(Watch):
         self._store_index = 0
         self._live = False
         self._reopening = False
+        self._probe = None
+        self._probe_timer = None
+        self._check_timer = None
+        self.probes = 0
 
     def __repr__(self):
         return "<V2Watch %r from %s last_revision=%d>" % (
@@ -97,6 +113,7 @@ class V2Watch(Watch):
         if self._idle_timeout:
             self._watchdog = self._reactor.callLater(self._idle_timeout, self._check_idle)
         self._open()
+        self._probe_timer = self._reactor.callLater(self.probe_interval, self._tick)
 
     def _open(self):
         query = {"wait": "true", "stream": "true"}
@@ -142,15 +159,83 @@ class V2Watch(Watch):
             return
         if self._ending is None:
             self._end("connection_lost", None, ConnectionFailed(
-                None, "etcd %s at %s: the v2 watch stream ended (%s); etcd drops a v2"
-                " watcher that falls 100 events behind, resume from index %d"
+                None, "etcd %s at %s: the v2 watch stream ended (%s); resume from"
+                " index %d"
                 % (self._call, self.endpoint, describe_failure(reason),
                    self.last_revision + 1)))
         self._finish()
 
     def _end(self, reason, compact_revision=None, error=None):
         self._reopening = False
+        if self._probe_timer is not None and self._probe_timer.active():
+            self._probe_timer.cancel()
+        self._probe_timer = None
+        if self._check_timer is not None and self._check_timer.active():
+            self._check_timer.cancel()
+        self._check_timer = None
+        if self._probe is not None:
+            probe, self._probe = self._probe, None
+            probe.cancel()
         Watch._end(self, reason, compact_revision, error)
+
+    # -- the check that etcd still has our watcher ----------------------
+
+    def _tick(self):
+        self._probe_timer = None
+        if self._ending is not None:
+            return
+        quiet = self._reactor.seconds() - self._last_activity
+        if (self._probe is None and self._live and not self._reopening
+                and self._protocol is not None and quiet >= self.probe_interval):
+            self._send_probe(self.last_revision + 1)
+        self._probe_timer = self._reactor.callLater(self.probe_interval, self._tick)
+
+    def _send_probe(self, index):
+        query = {"wait": "true", "waitIndex": str(index)}
+        if self._recursive:
+            query["recursive"] = "true"
+        self.probes += 1
+        probe = self._client._long_poll(self._call + " (check)",
+                                        self._path + "?" + urlencode(query))
+        self._probe = probe
+        probe.addCallbacks(self._probed, self._probe_failed, callbackArgs=(probe,),
+                           errbackArgs=(probe,))
+
+    def _probe_failed(self, failure, probe):
+        if self._probe is probe:
+            self._probe = None
+        # The stream notices its own connection's problems; nothing to decide here.
+        return None
+
+    def _probed(self, result, probe):
+        if self._probe is not probe or self._ending is not None:
+            return
+        self._probe = None
+        index, message = result
+        if message.get("errorCode") == v2wire.EVENT_INDEX_CLEARED:
+            # The window moved past our last event (writes elsewhere): check from
+            # the oldest event etcd still has.
+            oldest = v2wire.cleared_start(message.get("cause", ""))
+            if oldest and oldest > self.last_revision + 1:
+                self._send_probe(oldest)
+            return
+        node = message.get("node")
+        if "errorCode" in message or not node or "modifiedIndex" not in node:
+            return
+        expected = int(node["modifiedIndex"])
+        if self.last_revision >= expected:
+            return
+        self._check_timer = self._reactor.callLater(
+            self.probe_interval, self._check_delivered, expected)
+
+    def _check_delivered(self, expected):
+        self._check_timer = None
+        if self._ending is None and self.last_revision < expected:
+            self._end("connection_lost", None, ConnectionFailed(
+                None, "etcd %s at %s: etcd dropped this v2 watcher (it falls silent"
+                " once 100 events are unsent, as when the reader falls 100 events"
+                " behind): event %d did not arrive; resume from index %d"
+                % (self._call, self.endpoint, expected, self.last_revision + 1)))
 
     # -- the stream -----------------------------------------------------
 

@@ -152,7 +152,7 @@ def decode_event(message, prev_kv=False):
     action = message.get("action")
     prev = message.get("prevNode") if prev_kv else None
     prev_value = None
-    if prev is not None:
+    if prev is not None and not prev.get("dir"):
         value = prev.get("value")
         prev_value = value.encode("utf-8") if value else b""
     if action in DELETE_ACTIONS:
@@ -195,6 +195,7 @@ class SnapshotParser(object):
         self._pending = []
         self._held = 0
         self._retry_at = 0
+        self._last = ""
         self.count = 0
 
     def feed(self, data):
@@ -202,6 +203,9 @@ class SnapshotParser(object):
         text = self._decoder.decode(data)
         if not text:
             return
+        tail = text.rstrip()
+        if tail:
+            self._last = tail[-1]
         self._pending.append(text)
         self._held += len(text)
         # An unfinished node is tried again only once twice as much text is held,
@@ -212,6 +216,9 @@ class SnapshotParser(object):
     def close(self):
         """The answer is complete: parse what is left; C{ValueError} if truncated."""
         self._pending.append(self._decoder.decode(b"", True))
+        if self._last != "}":
+            raise ValueError("etcd v2 answer ends before its end: %r"
+                             % ("".join(self._pending)[-200:],))
         self._parse(final=True)
 
     def _parse(self, final):

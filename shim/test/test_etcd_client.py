@@ -144,6 +144,41 @@ class ClientTests(EtcdServerMixin, TestCase):
         self.assertEqual((yield client.get("k")).count, 0)
 
     @inlineCallbacks
+    def test_put_if_delete_if(self):
+        """
+        put_if / delete_if: a write that finds the key as last seen succeeds; one
+        that does not is C{succeeded=False} with the current revision, not an error.
+        """
+        client = self.make_client()
+        created = yield client.put_if("/cas/k", b"1", 0)
+        self.assertEqual(created, wire.CasResult(True, created.revision))
+        again = yield client.put_if("/cas/k", b"2", 0)
+        self.assertEqual(again, wire.CasResult(False, created.revision))
+        stale = yield client.put_if("/cas/k", b"2", created.revision - 1)
+        self.assertFalse(stale.succeeded)
+        swapped = yield client.put_if("/cas/k", b"2", created.revision)
+        self.assertTrue(swapped.succeeded)
+        self.assertEqual(swapped.revision, created.revision + 1)
+        kv = (yield client.get("/cas/k")).kvs[0]
+        self.assertEqual((kv.value, kv.mod_revision), (b"2", swapped.revision))
+        # A guard on another key fences the write.
+        guard = [Compare.version("/cas/owner", "!=", 0)]
+        fenced = yield client.put_if("/cas/k", b"3", swapped.revision, guard=guard)
+        self.assertEqual(fenced, wire.CasResult(False, swapped.revision))
+        owner = yield client.put("/cas/owner", b"me")
+        guarded = yield client.put_if("/cas/k", b"3", swapped.revision, guard=guard)
+        self.assertEqual(guarded, wire.CasResult(True, owner.revision + 1))
+        # delete_if.
+        missed = yield client.delete_if("/cas/k", swapped.revision)
+        self.assertEqual(missed, wire.CasResult(False, guarded.revision))
+        gone = yield client.delete_if("/cas/k", guarded.revision)
+        self.assertEqual(gone, wire.CasResult(True, guarded.revision + 1))
+        self.assertEqual((yield client.get("/cas/k")).count, 0)
+        absent = yield client.delete_if("/cas/k", guarded.revision)
+        self.assertFalse(absent.succeeded)
+        self.assertRaises(ValueError, client.delete_if, "/cas/k", 0)
+
+    @inlineCallbacks
     def test_lease(self):
         client = self.make_client()
         lease = yield client.lease_grant(30)
@@ -342,6 +377,49 @@ class AuthTests(EtcdServerMixin, TestCase):
         client = self.make_client(username="shim", password="wrong")
         error = yield self.assertFailure(client.get("/a"), AuthFailed)
         self.assertIn("authenticate", str(error))
+
+    @inlineCallbacks
+    def test_watch_with_dead_token(self):
+        """
+        A restart of etcd kills every simple token.  A watch opened with the dead
+        token is confirmed and cancelled at once: it ends with "auth" before any
+        event, the client drops the token, and the next watch authenticates again
+        and works.
+        """
+        client = self.make_client(username="shim", password="s3cret")
+        yield client.put("/a", b"1")
+        dead = client._token
+        self.assertTrue(dead)
+        self.etcd.restart()
+        watch = client.watch("/", None, lambda event: None)
+        yield watch.started
+        ended = yield watch.done
+        self.assertEqual(ended.reason, "auth")
+        self.assertIsInstance(ended.error, AuthFailed)
+        # etcd 3.4 says "invalid auth token", 3.5 "permission denied".
+        self.assertIn("cancelled by etcd for authentication or permission",
+                      str(ended.error))
+        self.assertEqual(watch.events_seen, 0)
+        self.assertIsNone(client._token)
+        events = []
+        watch = client.watch("/", None, events.append)
+        yield watch.started
+        put = yield client.put("/b", b"2")
+        while not events:
+            yield sleep(0.05)
+        self.assertEqual([(e.key, e.mod_revision) for e in events], [("/b", put.revision)])
+        self.assertNotEqual(client._token, dead)
+        yield watch.stop()
+
+    @inlineCallbacks
+    def test_watch_permission_denied(self):
+        """A watch outside the user's role ends with "auth", not "cancelled"."""
+        client = self.make_client(username="shim", password="s3cret")
+        watch = client.watch("x", None, lambda event: None)
+        ended = yield watch.done
+        self.assertEqual(ended.reason, "auth")
+        self.assertIn("permission denied", str(ended.error))
+        self.assertEqual(watch.events_seen, 0)
 
     @inlineCallbacks
     def test_reauthenticate(self):

@@ -10,8 +10,10 @@ from twisted.internet import defer, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from shim.etcd import ConnectionFailed, WatchEvent, WatchStreamParser
-from shim.etcd.watch import Watch
+from shim.etcd import (
+    AuthFailed, ConnectionFailed, MessageTooLarge, WatchEvent, WatchStreamParser)
+from shim.etcd import watch as watch_module
+from shim.etcd.watch import LineTooLarge, Watch
 from shim.test.etcdserver import EtcdServerMixin, b64, refused_url
 
 
@@ -77,18 +79,51 @@ class ParserTests(SynchronousTestCase):
         self.parser.feed(b'{"a":1}\n')
         self.assertEqual(self.messages, [])
 
+    def test_default_cap(self):
+        self.assertEqual(self.parser.max_message, 64 * 1024 * 1024)
+        self.assertEqual(watch_module.MAX_WATCH_MESSAGE, 64 * 1024 * 1024)
+
+    def test_cap_unfinished_line(self):
+        """An unfinished line is held up to the cap, then the parser gives up."""
+        parser = WatchStreamParser(self.messages.append, max_message=10)
+        parser.feed(b'{"a":1}\n{"b":')
+        self.assertEqual(self.messages, [{"a": 1}])
+        parser.feed(b'"xy')
+        self.assertEqual(parser.buffered, 8)
+        e = self.assertRaises(LineTooLarge, parser.feed, b"zzz")
+        self.assertEqual((e.size, e.limit), (11, 10))
+        self.assertIn("more than 10 bytes", str(e))
+
+    def test_cap_whole_line(self):
+        """A complete line over the cap is refused, the ones before it delivered."""
+        parser = WatchStreamParser(self.messages.append, max_message=10)
+        self.assertRaises(LineTooLarge, parser.feed,
+                          b'{"a":1}\n{"b":"0123456789"}\n{"c":3}\n')
+        self.assertEqual(self.messages, [{"a": 1}])
+
+    def test_cap_exact(self):
+        """A line of exactly the cap passes, split or not."""
+        line = b'{"b":"01"}'
+        self.assertEqual(len(line), 10)
+        parser = WatchStreamParser(self.messages.append, max_message=10)
+        parser.feed(line[:4])
+        parser.feed(line[4:])
+        parser.feed(b"\n" + line + b"\n")
+        self.assertEqual(self.messages, [{"b": "01"}, {"b": "01"}])
+
 
 class _FakeClient(object):
     """Just what a L{Watch} asks of its client, for feeding a watch by hand."""
 
-    _token = None
+    _token = b"token.1"
     cluster_id = None
 
     def _header_seen(self, header):
         self.cluster_id = header.get("cluster_id")
 
     def _token_rejected(self, token):
-        pass
+        if token == self._token:
+            self._token = None
 
 
 class WatchMessageTests(SynchronousTestCase):
@@ -135,11 +170,63 @@ class WatchMessageTests(SynchronousTestCase):
         self.assertIn("8", str(ended.error))
 
     def test_cancelled_before_created(self):
-        self.feed({"header": {}, "canceled": True, "cancel_reason": "permission denied"})
+        self.feed({"header": {}, "canceled": True, "cancel_reason": "no space"})
         ended = self.successResultOf(self.watch.done)
         self.assertEqual(ended.reason, "cancelled")
-        self.assertIn("permission denied", str(ended.error))
+        self.assertIn("no space", str(ended.error))
         self.failureResultOf(self.watch.started)
+
+    def test_auth_cancel(self):
+        """
+        etcd confirms a watch with a dead token and cancels it in the same
+        message: C{started} fires, the watch ends with "auth", C{events_seen}
+        says nothing arrived, and the client has dropped the token.
+        """
+        self.watch._token = self.client._token
+        self.feed({"header": {}, "watch_id": "-1", "created": True, "canceled": True,
+                   "cancel_reason": "rpc error: code = Unauthenticated desc ="
+                   " etcdserver: invalid auth token"})
+        self.successResultOf(self.watch.started)
+        ended = self.successResultOf(self.watch.done)
+        self.assertEqual(ended.reason, "auth")
+        self.assertIsInstance(ended.error, AuthFailed)
+        self.assertIn("invalid auth token", str(ended.error))
+        self.assertEqual(self.watch.events_seen, 0)
+        self.assertIsNone(self.client._token)
+
+    def test_auth_reasons(self):
+        for reason in ["rpc error: code = PermissionDenied desc = etcdserver:"
+                       " permission denied",
+                       "rpc error: code = InvalidArgument desc = etcdserver: user"
+                       " name is empty"]:
+            watch = Watch(self.client, "/p/", 5, self.events.append, reactor=task.Clock())
+            watch._data(json.dumps({"result": {"header": {}, "created": True,
+                                               "canceled": True,
+                                               "cancel_reason": reason}}).encode()
+                        + b"\n")
+            ended = self.successResultOf(watch.done)
+            self.assertEqual(ended.reason, "auth", reason)
+
+    def test_events_seen(self):
+        self.feed({"header": {"revision": "5"}, "created": True})
+        self.assertEqual(self.watch.events_seen, 0)
+        self.feed({"header": {}, "events": [
+            {"kv": {"key": b64("/p/a"), "value": b64("1"), "mod_revision": "5"}},
+            {"kv": {"key": b64("/p/b"), "value": b64("1"), "mod_revision": "6"}}]},
+            {"header": {"revision": "9"}})
+        self.assertEqual(self.watch.events_seen, 3)
+
+    def test_too_large(self):
+        """One message over the cap ends the watch with "too_large"."""
+        self.patch(watch_module, "MAX_WATCH_MESSAGE", 100)
+        watch = Watch(self.client, "/p/", 5, self.events.append, reactor=task.Clock())
+        watch._data(b'{"result":{"header":{},"created":true}}\n')
+        watch._data(b'{"result":{"events":[' + b" " * 200)
+        ended = self.successResultOf(watch.done)
+        self.assertEqual(ended.reason, "too_large")
+        self.assertIsInstance(ended.error, MessageTooLarge)
+        self.assertIn("more than 100 bytes", str(ended.error))
+        self.assertIn("resynchronise", str(ended.error))
 
     def test_stream_error(self):
         self.watch._data(b'{"error":{"grpc_code":14,"message":"etcdserver: no leader"}}\n')
@@ -244,6 +331,25 @@ class WatchTests(EtcdServerMixin, TestCase):
         ended = yield watch.done
         self.assertEqual(ended.reason, "idle")
         self.assertIn("nothing received", str(ended.error))
+
+    @inlineCallbacks
+    def test_too_large(self):
+        """
+        A value bigger than the (lowered) cap ends a real watch with "too_large";
+        the events before it were delivered.
+        """
+        self.patch(watch_module, "MAX_WATCH_MESSAGE", 64 * 1024)
+        client = self.make_client()
+        events = []
+        watch = client.watch("/big/", None, events.append)
+        yield watch.started
+        small = yield client.put("/big/a", b"x" * 1000)
+        yield client.put("/big/b", b"y" * 100 * 1024)
+        ended = yield watch.done
+        self.assertEqual(ended.reason, "too_large")
+        self.assertIsInstance(ended.error, MessageTooLarge)
+        self.assertEqual([e.mod_revision for e in events], [small.revision])
+        self.assertEqual(watch.last_revision, small.revision)
 
     @inlineCallbacks
     def test_refused(self):
