@@ -67,7 +67,7 @@ class ClusterTests(TestCase):
         """
         yield self.bind("p0")
         connected = self.member_index(self.shim.client.endpoint)
-        self.assertEqual(self.shim._watch.endpoint, self.shim.client.endpoint)
+        self.assertEqual(self.shim.follower._watch.endpoint, self.shim.client.endpoint)
         self.cluster.kill(connected)
         yield self.bind("p1")
         self.assertNotEqual(self.shim.client.endpoint, self.cluster.client_urls[connected])
