@@ -203,3 +203,62 @@ class FormatTests(TestCase):
         self.patch(sys, "stderr", io.StringIO())
         self.assertRaises(SystemExit, ctl.parser().parse_args, [])
         self.assertIn("required: COMMAND", sys.stderr.getvalue())
+
+
+class ShimctlElectionTests(TestCase):
+    """
+    shimctl and two shims of one group, electing the acting one.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def setUp(self):
+        self.etcd = start_etcd(self)
+        runner = ShimRunner(self, [self.etcd.client_url])
+        extra = "[election]\nenabled = true\n[metrics]\nadmin = true\n"
+        self.shims = []
+        for _ in range(2):
+            service = yield runner.start(extra=extra, wait=False)
+            port = yield web.listen(service, ("127.0.0.1", 0), reactor)
+            self.addCleanup(port.stopListening)
+            service.url = "http://127.0.0.1:%d" % (port.getHost().port,)
+            self.shims.append(service)
+        yield wait_for(lambda: sorted(s.role for s in self.shims) == ["leader", "standby"],
+                       what="one shim to act and the other to stand by")
+
+    def by_role(self, role):
+        return next(s for s in self.shims if s.role == role)
+
+    @inlineCallbacks
+    def test_status_and_step_down(self):
+        """
+        status reports each shim's role; step-down on the standby is refused; on the
+        acting shim it hands the role over, and the standby takes it.
+        """
+        leader, standby = self.by_role("leader"), self.by_role("standby")
+        code, out, _ = yield shimctl("status", "--url", leader.url)
+        self.assertEqual(code, 0, out)
+        self.assertRegex(out, r"role +leader")
+        yield wait_for(lambda: standby.ready, what="the standby to be ready")
+        code, out, _ = yield shimctl("status", "--url", standby.url)
+        self.assertEqual(code, 0, out)
+        self.assertRegex(out, r"role +standby")
+
+        code, out, err = yield shimctl("step-down", "--url", standby.url)
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("standby, not the acting shim", err)
+
+        code, out, err = yield shimctl("step-down", "--url", leader.url)
+        self.assertEqual((code, out, err), (0, "stepped down: now standby\n", ""))
+        yield wait_for(lambda: standby.role == "leader",
+                       what="the standby to take over")
+        code, out, _ = yield shimctl("status", "--url", standby.url)
+        self.assertRegex(out, r"role +leader")
+        # The shim that stepped down campaigns again after a while; let it, so that
+        # its timer does not outlive the test.
+        yield wait_for(lambda: not [
+            call for call in reactor.getDelayedCalls()
+            if getattr(call.func, "__self__", None) is leader.election
+            and getattr(call.func, "__name__", None) == "start"
+        ], what="the shim that stepped down to campaign again")
