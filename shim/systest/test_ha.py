@@ -332,10 +332,11 @@ def sleep(seconds):
 
 @inlineCallbacks
 def start_pair(directory, endpoints, record, ttl=3, backend_options=None,
-               second_endpoints=None):
+               second_endpoints=None, second_backend_options=None):
     """
     Two shims of one group: the first started and acting, then the second standing
-    by; fires with C{(leader, standby)}.
+    by (with C{second_endpoints} and C{second_backend_options} when given); fires
+    with C{(leader, standby)}.
     """
     a = ShimProcess(os.path.join(directory, "a"), "a", endpoints, record, ttl=ttl,
                     backend_options=backend_options).spawn()
@@ -343,7 +344,8 @@ def start_pair(directory, endpoints, record, ttl=3, backend_options=None,
         yield a.wait_role("leader")
         b = ShimProcess(os.path.join(directory, "b"), "b",
                         second_endpoints or endpoints, record, ttl=ttl,
-                        backend_options=backend_options).spawn()
+                        backend_options=(backend_options if second_backend_options is None
+                                         else second_backend_options)).spawn()
     except Exception:
         yield a.kill()
         raise
@@ -507,8 +509,9 @@ class SingleEtcdHATests(HATestsMixin, TestCase):
         client, proton = self.proton_on(self.endpoints)
         binder = Binder(proton, "k").start()
         yield wait_for(lambda: len(binder.outcomes) >= 5, "binds before the kill")
-        killed = time.monotonic()
         yield a.kill()
+        # Binds asked from now on cannot have been seen by the dead shim.
+        killed = time.monotonic()
         yield b.wait_role("leader")
         before = len(binder.outcomes)
         yield wait_for(lambda: len(binder.outcomes) >= before + 5, "binds after the kill")
@@ -529,8 +532,11 @@ class SingleEtcdHATests(HATestsMixin, TestCase):
         backend call and writes no result (not even the one its backend was computing
         when it stalled), and stands by.
         """
+        # Only the first shim's backend is slow: a wide window to stall it in, and
+        # the standby answers at once when it takes over.
         a, b = yield self.pair(self.endpoints,
-                               backend_options={"slow_prefix": "slow", "slow_delay": "1"})
+                               backend_options={"slow_prefix": "slow", "slow_delay": "3"},
+                               second_backend_options={})
         client, proton = self.proton_on(self.endpoints)
         yield Binder(proton, "s").bind_one()
 
@@ -556,7 +562,8 @@ class SingleEtcdHATests(HATestsMixin, TestCase):
         for _ in range(3):
             outcome = yield binder.bind_one()
             self.assertEqual(result_pid(outcome), b.pid)
-        # Long enough for the slow call's answer (1 s) to have come back in a.
+        # The slow call's answer came back in a at once (its timer was overdue), and
+        # a's deadline and keepalive timers have run: give it time to misbehave.
         yield sleep(3)
         late = [c for c in read_calls(self.record) if c.pid == a.pid and c.time > woke]
         self.assertEqual(late, [])
