@@ -89,9 +89,11 @@ class ShimService(Service):
         self.start_failed = self.follower.start_failed
         self.metrics.revision.set_function(lambda: self.follower.revision)
         if hasattr(self.metrics, "describe_shim"):
+            from shim.metrics import group_of
             self.metrics.describe_shim(
                 __version__, config.controller_name,
                 getattr(config, "etcd_api", "v3"), self.schema.name,
+                group=group_of(config.host_list),
             )
         if config.election_enabled and (client is None or election_client is not None):
             self._make_election()
@@ -245,8 +247,14 @@ class ShimService(Service):
 
         def again(_):
             if self.running:
-                self.reactor.callLater(self.config.election_ttl, self.election.start)
+                self._stepping_down = self.reactor.callLater(
+                    self.config.election_ttl, self._campaign_again)
         return d.addCallback(again)
+
+    def _campaign_again(self):
+        self._stepping_down = None
+        if self.running:
+            self.election.start()
 
     # -- acting
 
@@ -259,7 +267,12 @@ class ShimService(Service):
         return self.election is None or self.election.acting()
 
     def _fence(self):
-        if self.election is None:
+        """
+        The compares every result write carries on v3: the election key still ours.
+        On v2 results and the election live in separate stores, and a write is fenced
+        by the local lease deadline only (docs/ha.md).
+        """
+        if self.election is None or getattr(self.config, "etcd_api", "v3") == "v2":
             return ()
         return self.election.fence()
 
@@ -289,6 +302,8 @@ class ShimService(Service):
         """
         Service.stopService(self)
         self.queue.pause()
+        if self._stepping_down is not None and self._stepping_down.active():
+            self._stepping_down.cancel()
         yield self.follower.stop()
         # The callbacks first: a bind that finishes asks for a write.
         settled = self.queue.idle()
