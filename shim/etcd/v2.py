@@ -86,6 +86,9 @@ class _BodyReader(Protocol):
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         self._watchdog = None
+        if self._finished.called:
+            # Cancelled: the canceller has already answered.
+            return
         if self._failed is not None:
             self._finished.errback(self._failed)
         elif reason.check(ResponseDone, PotentialDataLoss):

@@ -225,27 +225,38 @@ class SnapshotParser(object):
         text = "".join(self._pending)
         self._pending = []
         out = []
+        append = out.append
         raw = self._raw
+        find = text.find
+        startswith = text.startswith
+        new = _new_tuple
+        cls = KeyValue
+        mark = _NODE
+        dir_mark = _DIR_MARK
+        skip = len(mark) + 1
         pos = 0
         size = len(text)
         while True:
-            start = text.find(_NODE, pos)
+            start = find(mark, pos)
             if start == -1:
                 # Keep a tail that may hold the start of the next marker.
-                pos = max(pos, size - len(_NODE) + 1)
+                pos = max(pos, size - len(mark) + 1)
                 break
-            try:
-                end = scanstring(text, start + len(_NODE) + 1)[1]
-            except ValueError:
-                if final:
-                    raise ValueError("etcd v2 answer ends inside a key at %d: %r"
-                                     % (start, text[start:start + 200]))
-                pos = start
-                break
-            if text.startswith(_DIR_MARK, end):
+            # The end of the key: its closing quote, unless the key has escapes.
+            end = find('"', start + skip) + 1
+            if not end or text[end - 2] == "\\":
+                try:
+                    end = scanstring(text, start + skip)[1]
+                except ValueError:
+                    if final:
+                        raise ValueError("etcd v2 answer ends inside a key at %d: %r"
+                                         % (start, text[start:start + 200]))
+                    pos = start
+                    break
+            if startswith(dir_mark, end):
                 pos = end
                 continue
-            if end + len(_DIR_MARK) > size and not final and _DIR_MARK.startswith(
+            if end + len(dir_mark) > size and not final and dir_mark.startswith(
                     text[end:]):
                 pos = start
                 break
@@ -257,16 +268,23 @@ class SnapshotParser(object):
                                      % (text[start:start + 200],))
                 pos = start
                 break
-            if node.get("dir"):
+            get = node.get
+            if get("dir"):
                 flatten(node, out)
             else:
-                out.append(node_kv(node))
+                value = get("value")
+                append(new(cls, (
+                    node["key"], value.encode("utf-8") if value else b"",
+                    int(get("createdIndex", 0)), int(get("modifiedIndex", 0)), 1, 0)))
             pos = stop
         rest = text[pos:] if pos < size else ""
         self._held = len(rest)
-        self._retry_at = 2 * self._held if _NODE in rest else 0
+        self._retry_at = 2 * self._held if mark in rest else 0
         if rest:
             self._pending.append(rest)
         if out:
             self.count += len(out)
             self._on_kvs(out)
+
+#: Builds a namedtuple without the Python-level C{__new__} the class call goes through.
+_new_tuple = tuple.__new__

@@ -391,6 +391,27 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         self.assertEqual([e.mod_revision for e in events], written)
 
     @inlineCallbacks
+    def test_quiet_watch_checked(self):
+        """
+        A quiet, healthy watch is checked with long-polls and stays up, through
+        writes elsewhere and an event of its own; stopping it ends its check too.
+        """
+        self.patch(V2Watch, "probe_interval", 0.2)
+        client = self.make_v2_client()
+        events = []
+        watch = client.watch("/q/", None, events.append)
+        yield watch.started
+        yield wait_for(lambda: watch.probes >= 1, "a check")
+        yield client.put("/other", b"x")
+        yield sleep(0.5)
+        put = yield client.put("/q/k", b"1")
+        yield wait_for(lambda: watch.probes >= 2, "a second check")
+        yield sleep(0.5)
+        self.assertFalse(watch.done.called)
+        self.assertEqual([e.mod_revision for e in events], [put.revision])
+        self.assertEqual((yield watch.stop()).reason, "stopped")
+
+    @inlineCallbacks
     def test_too_large(self):
         self.patch(watch_module, "MAX_WATCH_MESSAGE", 64 * 1024)
         client = self.make_v2_client()
