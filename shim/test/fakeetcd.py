@@ -1,7 +1,10 @@
 """
 An in-memory stand-in for the few L{shim.etcd.EtcdClient} calls that the bind-result
-writer (L{shim.results.ResultWriter}) makes: C{get}, C{put}, C{delete} and C{txn} with
-C{mod_revision}, C{version}, C{create_revision} and C{value} comparisons.
+writer (L{shim.results.ResultWriter}) and a follower's snapshot
+(L{shim.follower.Follower}) make: C{status}, C{get}, C{get_all}, C{put}, C{delete},
+C{put_if}, C{delete_if} and C{txn} with C{mod_revision}, C{version}, C{create_revision}
+and C{value} comparisons.  It has no watch: a test feeds changes to the follower
+itself.
 
 This is pure logic for property tests of the service's decisions; anything that claims
 to work with etcd itself is tested against a real etcd (L{shim.test.etcdserver}).
@@ -17,7 +20,7 @@ Two knobs let a test shake the writer:
 from twisted.internet.defer import Deferred, fail, succeed
 
 from shim.etcd import (
-    CasResult, DeleteResult, KeyValue, PutResult, RangeResult, TxnResult)
+    CasResult, DeleteResult, KeyValue, PutResult, RangeResult, Status, TxnResult)
 from shim.etcd.wire import key_bytes, key_str, prefix_end, unb64, value_bytes
 
 _COMPARISONS = {
@@ -61,6 +64,28 @@ class FakeEtcd:
 
     def get(self, key, prefix=False, revision=None, limit=0, keys_only=False):
         return self._call("get", key, lambda: self._range(key, prefix))
+
+    def status(self):
+        return self._call("status", "", lambda: Status(
+            "3.5.0-fake", self.cluster_id, "1", "1", self.revision))
+
+    def get_all(self, prefix, revision=None, page_size=5000, on_page=None):
+        """
+        The whole prefix at the current revision (the fake keeps no history: a
+        C{revision} other than the current one is refused).  With C{on_page}, the
+        keys go to it in one page and the result's C{kvs} is empty.
+        """
+        def read():
+            if revision is not None and revision != self.revision:
+                raise ValueError(
+                    "the fake etcd holds revision %d only, not %d"
+                    % (self.revision, revision))
+            found = self._range(prefix, True)
+            if on_page is None:
+                return found
+            on_page(found.kvs)
+            return RangeResult([], found.revision, False, found.count)
+        return self._call("get_all", prefix, read)
 
     def put(self, key, value, prev_kv=False, lease=0):
         return self._call("put", key, lambda: self._put(key, value))
