@@ -110,13 +110,14 @@ def is_auth_refusal(text):
     """
     Whether etcd's text (a watch's C{cancel_reason}, an error message) says that our
     credentials or permissions were refused: an invalid or expired token, no user
-    name (a token etcd no longer knows), permission denied.
+    name (a token etcd no longer knows), permission denied, a token older than the
+    last change of users and roles.
     """
     lower = (text or "").lower()
     return ("invalid auth token" in lower or "user name is empty" in lower
             or "permission denied" in lower or "auth token" in lower
             or "unauthenticated" in lower or "authentication failed" in lower
-            or "permissiondenied" in lower)
+            or "permissiondenied" in lower or "auth store is old" in lower)
 
 
 def is_invalid_token(error):

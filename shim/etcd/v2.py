@@ -37,7 +37,7 @@ from treq.client import HTTPClient
 from shim.etcd import v2wire, wire
 from shim.etcd.client import _CONNECTION_ERRORS, _QuietPool, _TLSPolicy, _tls_problem
 from shim.etcd.errors import (
-    ConnectionFailed, EtcdError, NotFound, TLSFailed, Timeout, describe_failure)
+    ConnectionFailed, EtcdError, TLSFailed, Timeout, describe_failure)
 from shim.etcd.v2watch import V2Watch
 
 log = Logger()
@@ -592,6 +592,3 @@ def _no_guard(call, key, guard):
         raise ValueError("%s %r: etcd v2 cannot fence a write on other keys"
                          " atomically; guard must be empty" % (call, key))
 
-
-# NotFound is part of what callers may meet from this module's calls.
-__all__ = ["EtcdV2Client", "NotFound"]

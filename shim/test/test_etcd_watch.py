@@ -207,6 +207,17 @@ class WatchMessageTests(SynchronousTestCase):
             ended = self.successResultOf(watch.done)
             self.assertEqual(ended.reason, "auth", reason)
 
+    def test_auth_error_message(self):
+        """An error message (not a cancel) refusing the token also ends with "auth"."""
+        self.watch._token = self.client._token
+        self.watch._data(b'{"error":{"grpc_code":16,"message":"etcdserver: invalid auth'
+                         b' token"}}\n')
+        ended = self.successResultOf(self.watch.done)
+        self.assertEqual(ended.reason, "auth")
+        self.assertIsInstance(ended.error, AuthFailed)
+        self.assertIsNone(self.client._token)
+        self.failureResultOf(self.watch.started)
+
     def test_events_seen(self):
         self.feed({"header": {"revision": "5"}, "created": True})
         self.assertEqual(self.watch.events_seen, 0)
