@@ -330,12 +330,13 @@ class EtcdV2Client(object):
             raise v2wire.error_from_v2(response.code, message, call, endpoint)
         returnValue((endpoint, response))
 
-    def _long_poll(self, call, path):
+    def _long_poll(self, call, path, pooled=False):
         """
-        One wait for an event (not streamed), on a connection of its own: fires
-        with (store index when etcd took the wait, the answer's JSON object, error
-        answers included) once etcd answers, which may be much later.  Cancelling
-        it closes its connection.
+        One wait for an event (not streamed): fires with (store index when etcd
+        took the wait, the answer's JSON object, error answers included) once etcd
+        answers, which may be much later.  On a connection of its own, or with
+        C{pooled} on a kept-alive one (for waits etcd answers at once, from its
+        history).  Cancelling it closes its connection.
         """
         state = {}
 
@@ -355,7 +356,8 @@ class EtcdV2Client(object):
                 if key in state and not state[key].called:
                     state[key].cancel()
         done = defer.Deferred(cancel)
-        state["sending"] = sending = self._send(call, "GET", path, http=self._stream_http,
+        http = self._http if pooled else self._stream_http
+        state["sending"] = sending = self._send(call, "GET", path, http=http,
                                                 tries=len(self._endpoints))
         sending.addCallback(opened).chainDeferred(done)
         return done

@@ -10,9 +10,10 @@ Two traits of etcd's v2 watcher hub shape it:
   - A watch from an index etcd has already passed gets the first matching event from
     its history, and nothing more: the stream stays open and silent.  Such an event
     is known by its index being at most the store index etcd gave in the answer's
-    C{X-Etcd-Index} header.  The watch then opens a new stream from the next index,
-    and so on until it has caught up (one request per event of the backlog); from
-    then on one stream carries every event.
+    C{X-Etcd-Index} header.  The watch then closes the stream and catches up with
+    long-polls (C{wait=true} without C{stream}) on kept-alive connections, one per
+    event of the backlog, until etcd answers one with a new event; from then on one
+    stream carries every event.
   - etcd drops a stream watcher that has 100 events unsent (a reader that fell
     behind) without a word: the stream stays open and goes silent (etcd 3.4 and
     3.5 take the watcher out of the hub but do not close its stream).  So when the
@@ -55,7 +56,7 @@ class V2Watch(Watch):
         C{start_revision - 1} (from now: the store index when the stream opened).
     @ivar endpoint: the endpoint of the current stream.
     @ivar events_seen: how many events arrived.
-    @ivar reopens: how many streams were opened again while catching up.
+    @ivar reopens: how many long-polls were made to catch up.
     @cvar probe_interval: seconds of silence on the stream before the watch checks,
         with a long-poll, that etcd has not dropped its watcher.
     """
@@ -152,10 +153,9 @@ class V2Watch(Watch):
     def _lost(self, reason):
         self._protocol = None
         if self._reopening and self._ending is None:
-            # A history event was delivered: ask for the next one.
+            # A history event was delivered: catch up with long-polls.
             self._reopening = False
-            self.reopens += 1
-            self._open()
+            self._poll()
             return
         if self._ending is None:
             self._end("connection_lost", None, ConnectionFailed(
@@ -164,6 +164,32 @@ class V2Watch(Watch):
                 % (self._call, self.endpoint, describe_failure(reason),
                    self.last_revision + 1)))
         self._finish()
+
+    def _poll(self):
+        """Ask for the next event from C{_next}; etcd answers from its history."""
+        self.reopens += 1
+        query = {"wait": "true", "waitIndex": str(self._next)}
+        if self._recursive:
+            query["recursive"] = "true"
+        self._opening = self._client._long_poll(
+            self._call, self._path + "?" + urlencode(query), pooled=True)
+        self._opening.addCallbacks(self._polled, self._open_failed)
+
+    def _polled(self, result):
+        self._opening = None
+        if self._ending is not None:
+            self._finish()
+            return
+        self._last_activity = self._reactor.seconds()
+        store_index, message = result
+        index = self._deliver(message)
+        if index is None:
+            return
+        if index <= store_index:
+            self._poll()
+        else:
+            # A new event: the backlog is done, back to one stream.
+            self._open()
 
     def _end(self, reason, compact_revision=None, error=None):
         self._reopening = False
@@ -243,17 +269,32 @@ class V2Watch(Watch):
         """One event (or error) of the stream."""
         if self._ending is not None or self._reopening:
             return
+        index = self._deliver(message)
+        if index is not None and not self._live and self._ending is None:
+            if index <= self._store_index:
+                # From etcd's history: this stream will carry nothing more.
+                self._reopening = True
+                self._parser.stopped = True
+                if self._protocol is not None:
+                    self._protocol.transport.stopProducing()
+            else:
+                self._live = True
+
+    def _deliver(self, message):
+        """
+        Hand one answer's event on; its index, or None when it ended the watch.
+        """
         if "errorCode" in message:
             error = v2wire.error_from_v2(200, message, self._call, self.endpoint)
             self._end(*_ending_for_error(error))
-            return
+            return None
         try:
             index, event = v2wire.decode_event(message, self._prev_kv)
         except (KeyError, TypeError, ValueError) as e:
             self._end("connection_lost", None, EtcdError(
                 None, "etcd %s at %s: a v2 watch event without a node or index (%s):"
                 " %r" % (self._call, self.endpoint, e, str(message)[:200])))
-            return
+            return None
         self.events_seen += 1
         if index > self.last_revision:
             self.last_revision = index
@@ -264,15 +305,7 @@ class V2Watch(Watch):
             except Exception:
                 log.failure("etcd {call}: on_event failed for {key} at {revision}",
                             call=self._call, key=event.key, revision=index)
-        if not self._live and self._ending is None:
-            if index <= self._store_index:
-                # From etcd's history: this stream will carry nothing more.
-                self._reopening = True
-                self._parser.stopped = True
-                if self._protocol is not None:
-                    self._protocol.transport.stopProducing()
-            else:
-                self._live = True
+        return index
 
 
 def _ending_for_error(error):
