@@ -207,6 +207,9 @@ class Controller:
                 writer.note(uuid, 0, None)
         if first:
             self._restore(ours)
+        for uuid in self.model.ports:
+            if uuid not in seen:
+                writer.precreate(uuid)
         # Every port on our hosts is reconciled: refused and failed binds are tried
         # again, missing or foreign results repaired.
         self._rejected.clear()
@@ -340,7 +343,13 @@ class Controller:
         model = self.model
         port = model.ports.get(uuid)
         told = self.told.get(uuid)
-        ours = self.writer.names_us(uuid)
+        writer = self.writer
+        if told is None:
+            if port is not None:
+                writer.precreate(uuid)
+            elif not writer.names_us(uuid):
+                writer.remove_empty(uuid)
+        ours = writer.names_us(uuid)
         changed = told is not None and port is not None and _differs(told.port, port)
         current = True
         if told is not None and told.result is not None:

@@ -55,7 +55,7 @@ WATCH_END_REASONS = (
 BAD_INPUT_REASONS = ("bad_key", "bad_value", "other_api")
 
 #: Writes of bind results (L{shim.results}), and how each attempt ended.
-RESULT_OPERATIONS = ("publish", "publish_again", "clear", "remove")
+RESULT_OPERATIONS = ("publish", "publish_again", "clear", "remove", "precreate")
 #: ok: written; skipped: etcd held it already (or it no longer named us); conflict:
 #: a failed compare, read again; error: etcd failed, retried with backoff.
 WRITE_OUTCOMES = ("ok", "skipped", "conflict", "error")

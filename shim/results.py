@@ -27,6 +27,10 @@ from shim.bindresult import EMPTY, controller_of
 
 PUBLISH = "publish"
 PUBLISH_AGAIN = "publish_again"
+PRECREATE = "precreate"
+
+#: What L{ResultWriter.known} holds for a key that exists with an unknown value.
+EXISTS = (-1, None)
 CLEAR = "clear"
 REMOVE = "remove"
 
@@ -118,6 +122,48 @@ class ResultWriter:
         self.pending.clear()
         for pause in list(self._pauses.values()):
             pause.cancel()
+
+    def precreate(self, uuid):
+        """
+        Create port C{uuid}'s result key as C{{}} if it is absent, once, so that
+        proton always takes its "key exists" path and waits from the key's own index
+        (its process-wide wait index otherwise catches its own C{{}}: see
+        docs/real-proton.md).  Best effort: a failure is only logged.
+        """
+        if (uuid in self.known or uuid in self.pending or uuid in self._running
+                or self._stopped or not self._acting()):
+            return
+        self.known[uuid] = EXISTS
+        d = self._client.put_if(self._schema.result_key(uuid), EMPTY, 0)
+
+        def created(outcome):
+            if outcome.succeeded and self.known.get(uuid) is EXISTS:
+                self.known[uuid] = (outcome.revision, EMPTY)
+            self._count(PRECREATE, "ok" if outcome.succeeded else "skipped")
+
+        def failed(failure):
+            if self.known.get(uuid) is EXISTS:
+                del self.known[uuid]
+            self._count(PRECREATE, "error")
+            self.log.debug("creating the result key of port {uuid} failed: {error}",
+                           uuid=uuid, error=failure.getErrorMessage())
+
+        d.addCallbacks(created, failed)
+
+    def remove_empty(self, uuid):
+        """
+        Delete port C{uuid}'s result key if it still holds C{{}} as last seen (a
+        deleted port's key, created by proton or by L{precreate}); never a result.
+        """
+        known = self.known.pop(uuid, None)
+        if (known is None or known is EXISTS or known[1] != EMPTY or known[0] <= 0
+                or uuid in self.pending or self._stopped or not self._acting()):
+            return
+        d = self._client.delete_if(self._schema.result_key(uuid), known[0])
+        d.addCallbacks(
+            lambda outcome: self._count(REMOVE, "ok" if outcome.succeeded else "skipped"),
+            lambda failure: self._count(REMOVE, "error"),
+        )
 
     def note(self, uuid, mod_revision, value):
         """
@@ -260,7 +306,7 @@ class ResultWriter:
         """
         key = self._schema.result_key(uuid)
         known = self.known.get(uuid)
-        if known is None:
+        if known is None or known[0] < 0:
             found = yield self._client.get(key)
             if found.kvs:
                 known = (found.kvs[0].mod_revision, found.kvs[0].value)
