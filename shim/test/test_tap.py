@@ -140,6 +140,30 @@ class TwistdTests(TestCase):
 
         return d.addCallback(check)
 
+    def test_seed_command(self):
+        """
+        The seed's own command, C{shimserver --config-file=shim.conf} (the console
+        script L{shim.server.main}), runs the same service through twistd: a bad
+        file stops it with the same one line.
+        """
+        path = self.write(GOOD.replace("compute1, compute2", " , "))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"]
+                                    if env.get("PYTHONPATH") else "")
+        d = getProcessOutputAndValue(
+            sys.executable, ["-m", "shim.server", "--config-file=" + path],
+            env=env, path=REPO)
+
+        def check(result):
+            out, err, code = result
+            self.assertNotEqual(code, 0)
+            self.assertEqual(
+                err.decode().strip(),
+                "shimserver: %s: [shim] host_list: empty; list at least one host or *"
+                % (path,))
+
+        return d.addCallback(check)
+
     def test_help(self):
         d = run_twistd("shimserver", "--help")
 

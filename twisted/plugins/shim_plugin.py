@@ -11,6 +11,6 @@ shimserver = ServiceMaker(
     "shim net-l3vpn server",
     "shim.tap",
     "The Gluon net-l3vpn shim layer server: binds proton's ports through a vendor "
-    "backend, over etcd v3.",
+    "backend, over etcd v3 or v2.",
     "shimserver",
 )
