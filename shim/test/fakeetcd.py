@@ -51,8 +51,11 @@ class FakeEtcd:
 
     cluster_id = "fake"
 
-    def __init__(self, fail=None, hold=False):
+    def __init__(self, fail=None, hold=False, history=False):
         self.data = {}
+        #: With C{history}, revision to the key space as it was then, so that
+        #: C{get_all} can read at an earlier revision (after L{renumber}, from then).
+        self.history = {} if history else None
         self.revision = 1
         self.fail = fail
         self.hold = hold
@@ -76,11 +79,14 @@ class FakeEtcd:
         keys go to it in one page and the result's C{kvs} is empty.
         """
         def read():
+            data = self.data
             if revision is not None and revision != self.revision:
-                raise ValueError(
-                    "the fake etcd holds revision %d only, not %d"
-                    % (self.revision, revision))
-            found = self._range(prefix, True)
+                data = (self.history or {}).get(revision)
+                if data is None:
+                    raise ValueError(
+                        "the fake etcd does not hold revision %d" % (revision,))
+            found = self._range(prefix, True, data)
+            found = found._replace(revision=revision or found.revision)
             if on_page is None:
                 return found
             on_page(found.kvs)
@@ -143,19 +149,38 @@ class FakeEtcd:
         except Exception:
             return fail()
 
+    def renumber(self, cluster_id):
+        """
+        Become a new cluster C{cluster_id} restored from a backup: the same keys,
+        their revisions numbered anew from 2, no history before.
+        """
+        self.cluster_id = cluster_id
+        data = sorted(self.data.items())
+        self.data = {}
+        self.revision = 1
+        if self.history is not None:
+            self.history = {}
+        for key, kv in data:
+            self._put(key, kv.value)
+
+    def _remember(self):
+        if self.history is not None:
+            self.history[self.revision] = dict(self.data)
+
     def _answer(self, d, description, thunk):
         self._perform(description, thunk).chainDeferred(d)
 
-    def _range(self, key, prefix):
+    def _range(self, key, prefix, data=None):
+        data = self.data if data is None else data
         if prefix:
             start = key_bytes(key)
             end = prefix_end(start)
             kvs = [
-                kv for k, kv in sorted(self.data.items())
+                kv for k, kv in sorted(data.items())
                 if start <= key_bytes(k) < end
             ]
         else:
-            kvs = [self.data[key]] if key in self.data else []
+            kvs = [data[key]] if key in data else []
         return RangeResult(kvs, self.revision, False, len(kvs))
 
     def _put(self, key, value):
@@ -169,6 +194,7 @@ class FakeEtcd:
             prev.version + 1 if prev is not None else 1,
             0,
         )
+        self._remember()
         return PutResult(self.revision, None)
 
     def _delete(self, key, prefix):
@@ -182,6 +208,7 @@ class FakeEtcd:
             self.revision += 1
             for k in doomed:
                 del self.data[k]
+            self._remember()
         return DeleteResult(self.revision, len(doomed), [])
 
     def _cas(self, key, value, mod_revision):

@@ -7,7 +7,8 @@ Each service is built with a L{shim.test.fakeetcd.FakeEtcd} as its client and a
 L{Clock} as its reactor, and is never started (no watch, no election): each of proton's
 writes goes into the fake etcd and, as the watch would deliver it, to every service's
 C{apply(kind, key, value, revision)}.  A restart builds a new service on the same etcd
-and runs its start-up snapshot; a periodic resync runs beside the (imagined) watch;
+and runs its start-up snapshot; a periodic resync runs beside the (imagined) watch,
+and etcd may answer its read late, after more of proton's writes;
 compaction and a cluster change are full resynchronisations, the latter after etcd
 came back under a new cluster id with its revisions numbered anew.
 
@@ -180,7 +181,8 @@ def operation():
         st.tuples(st.sampled_from(("restart", "stop", "start", "fall_behind")),
                   st.sampled_from(sorted(CONTROLLERS))),
         st.tuples(st.just("resync"), st.sampled_from(
-            ("periodic", "compacted", "cluster_changed"))),
+            ("periodic", "periodic_slow", "compacted", "cluster_changed"))),
+        st.tuples(st.just("etcd_answer"), st.integers(0, 3)),
         st.just(("settle",)),
     )
 
@@ -371,7 +373,7 @@ class Run:
         self.clock = Clock()
         self.etcd_failures = 0
         self.cluster = 0
-        self.etcd = FakeEtcd(fail=self._etcd_fault)
+        self.etcd = FakeEtcd(fail=self._etcd_fault, history=True)
         self.backends = {name: PropertyBackend(name) for name in CONTROLLERS}
         self.services = {}
         self.unsynchronised = set()
@@ -453,6 +455,9 @@ class Run:
                     backend.answer(operation[1] % len(backend.held))
         elif kind == "tick":
             self.clock.advance(operation[1])
+        elif kind == "etcd_answer":
+            if self.etcd.held:
+                self.etcd.release(operation[1] % len(self.etcd.held))
         elif kind == "etcd_fault":
             self.etcd_failures += operation[1]
         elif kind == "restart":
@@ -515,6 +520,18 @@ class Run:
             self.behind.discard(name)
             if cause == "periodic":
                 service.follower._resync_beside("periodic")
+            elif cause == "periodic_slow":
+                # etcd answers later: proton's writes meanwhile reach the model
+                # before the snapshot does.
+                self.etcd.hold = True
+                try:
+                    service.follower._resync_beside("periodic")
+                    # The status answers at once; the read at its revision waits.
+                    index = len(self.etcd.held) - 1
+                    if index >= 0 and self.etcd.held[index][0][0] == "status":
+                        self.etcd.release(index)
+                finally:
+                    self.etcd.hold = False
             else:
                 if cause == "cluster_changed":
                     self._new_cluster()
@@ -528,17 +545,12 @@ class Run:
         if self.etcd.cluster_id == "fake-%d" % (self.cluster,):
             return
         self.cluster += 1
-        self.etcd.cluster_id = "fake-%d" % (self.cluster,)
-        data = sorted(self.etcd.data.items())
-        self.etcd.data = {}
-        self.etcd.revision = 1
-        for key, kv in data:
-            self.etcd._put(key, kv.value)
+        self.etcd.renumber("fake-%d" % (self.cluster,))
 
     def busy(self):
         return any(
             backend.held for backend in self.backends.values()
-        ) or self.unsynchronised or any(
+        ) or self.etcd.held or self.unsynchronised or any(
             len(s.queue) or s.writer.pending or s.writer.delayed
             for s in self.services.values()
         )
@@ -566,6 +578,8 @@ class Run:
             for b in self.backends.values():
                 b.rejected_by_mode = False
         for _ in range(400):
+            while self.etcd.held:
+                self.etcd.release(self.rnd.randrange(len(self.etcd.held)))
             for backend in self.backends.values():
                 while backend.held:
                     backend.answer(self.rnd.randrange(len(backend.held)))
@@ -605,6 +619,32 @@ class Run:
         vpn = binding.get("vpn_instance") if binding is not None else None
         return placement(port), bool(vpn) and vpn in model.vpn_instances
 
+    def model_problems(self):
+        """
+        Each service's model holds what etcd holds: nothing for a key that is gone,
+        and the value of a key whose value is valid.
+        """
+        problems = []
+        for name, service in sorted(self.services.items()):
+            model = service.model
+            for table, (names, _) in sorted(TABLES.items()):
+                objects = model.table(table)
+                for n in names:
+                    value = self.etcd.value(keys.proton_key(table, n))
+                    obj = objects.get(n)
+                    try:
+                        row = json.loads(value) if value is not None else None
+                    except ValueError:
+                        continue
+                    if value is None and obj is not None:
+                        problems.append("%s: the model has %s %s, etcd has not"
+                                        % (name, table, n))
+                    elif isinstance(row, dict) and row.get("host_id") != 5 and (
+                            obj is None or any(obj.get(k) != v for k, v in row.items())):
+                        problems.append("%s: the model has %s %s as %r, etcd as %r"
+                                        % (name, table, n, obj, row))
+        return problems
+
     def check(self):
         problems = []
         for name in sorted(CONTROLLERS):
@@ -640,6 +680,7 @@ class Run:
                         problems.append(
                             "%s: port %s wants no bind; etcd holds our result %r"
                             % (name, uuid, value))
+        problems.extend(self.model_problems())
         counted = dict(self.counted)
         for service in self.services.values():
             for reason, count in self.counted_by(service).items():
