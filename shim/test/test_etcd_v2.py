@@ -6,6 +6,7 @@ pure tests of the v2 wire format and its snapshot parser.
 
 import base64
 import json
+import ssl
 import urllib.error
 import urllib.request
 
@@ -15,9 +16,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from shim.etcd import (
     AuthFailed, CasResult, Compacted, ConnectionFailed, EtcdError, EtcdV2Client,
-    KeyValue, MessageTooLarge, WatchEvent)
+    KeyValue, MessageTooLarge, TLSFailed, WatchEvent)
 from shim.etcd import v2wire, watch as watch_module
 from shim.etcd.v2watch import V2Watch
+from shim.test.certs import make_pki
 from shim.test.etcdserver import EtcdServerMixin, refused_url, start_etcd
 
 V2_ARGS = {"extra_args": ["--enable-v2=true"]}
@@ -520,3 +522,43 @@ class V2AuthTests(EtcdServerMixin, TestCase):
             ended = yield watch.done
             self.assertEqual(ended.reason, "auth")
             self.assertIsInstance(ended.error, AuthFailed)
+
+
+class V2TLSTests(TestCase):
+    """v2 over https, etcd demanding a client certificate of its CA."""
+
+    def setUp(self):
+        self.pki = make_pki(self.mktemp())
+        context = ssl.create_default_context(cafile=self.pki.ca)
+        context.load_cert_chain(self.pki.anonymous_cert, self.pki.anonymous_key)
+        self.etcd = start_etcd(self, scheme="https", ssl_context=context, extra_args=[
+            "--enable-v2=true", "--cert-file", self.pki.server_cert,
+            "--key-file", self.pki.server_key, "--client-cert-auth",
+            "--trusted-ca-file", self.pki.ca])
+
+    def make_v2_client(self, **kwargs):
+        client = EtcdV2Client([self.etcd.client_url], timeout=5, **kwargs)
+        self.addCleanup(client.close)
+        return client
+
+    @inlineCallbacks
+    def test_calls_and_watch(self):
+        client = self.make_v2_client(ca_file=self.pki.ca, cert_file=self.pki.client_cert,
+                                     key_file=self.pki.client_key)
+        first = yield client.put("/t/a", b"1")
+        events = []
+        watch = client.watch("/t/", first.revision, events.append)
+        yield watch.started
+        second = yield client.put("/t/b", b"2")
+        yield wait_for(lambda: len(events) == 2, "two events")
+        self.assertEqual([e.mod_revision for e in events],
+                         [first.revision, second.revision])
+        self.assertEqual((yield client.get_all("/t/")).count, 2)
+        yield watch.stop()
+
+    @inlineCallbacks
+    def test_no_client_certificate(self):
+        client = self.make_v2_client(ca_file=self.pki.ca)
+        error = yield self.assertFailure(client.get("/t/a"), TLSFailed)
+        self.assertIn("TLS handshake failed", str(error))
+        self.assertIn(self.etcd.client_url, str(error))
