@@ -103,6 +103,8 @@ class Election(object):
     @ivar granted_ttl: the TTL etcd granted the last lease (may exceed C{ttl}: etcd
         raises a TTL below its minimum).
     @ivar leader_identity: the identity in the key when last seen, or None.
+    @ivar other_groups: the election keys seen of other groups under the same
+        controller name (each logged once as a warning).
     """
 
     #: Delay before the next endpoint's try after a failed keepalive.
@@ -143,7 +145,7 @@ class Election(object):
         self._backoff = Backoff(initial=0.1, maximum=max(1.0, self.ttl / 3.0))
         self._keepalive_paused = False
         self._keepalive_failures = 0
-        self._others = set()
+        self.other_groups = set()
         self._waiting = []
         self._announced = None
         self._inflight = set()
@@ -399,8 +401,8 @@ class Election(object):
     def _note_groups(self, keys):
         """Warn once about each other group under our controller name."""
         for key in keys:
-            if key != self.key and key not in self._others:
-                self._others.add(key)
+            if key != self.key and key not in self.other_groups:
+                self.other_groups.add(key)
                 log.warn("election {key}: the controller name is shared with another"
                          " group ({other}, another host list); both act side by side",
                          key=self.key, other=key)

@@ -310,8 +310,8 @@ class ElectionTests(ElectionTestsMixin, EtcdServerMixin, TestCase):
         c = self.candidate("host-c:3", key=other)
         yield a.when_elected()
         yield c.when_elected()
-        yield wait_for(lambda: other in a._others, what="a noticing c's group")
-        self.assertIn(KEY, c._others)
+        yield wait_for(lambda: other in a.other_groups, what="a noticing c's group")
+        yield wait_for(lambda: KEY in c.other_groups, what="c noticing a's group")
         self.assertTrue(a.acting() and c.acting())
 
 
