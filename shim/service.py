@@ -70,6 +70,7 @@ class ShimService(Service):
         self.role = SINGLE
         self._election_client = election_client
         self._stepping_down = None
+        self._looked_elsewhere = False
         self.writer = self.results = ResultWriter(
             self.client, self.schema, config.controller_name, reactor, self.metrics,
             acting=self.acting, fence=self._fence,
@@ -115,12 +116,49 @@ class ShimService(Service):
         self.queue.pause()
 
     def snapshot_applied(self, first, results):
+        if first and not self._looked_elsewhere and not any(self.model.counts().values()):
+            self._looked_elsewhere = True
+            self.reactor.callLater(0, self._look_at_other_api)
         self.controller.snapshot_applied(first, results)
         if self.acting() and self.running:
             self.queue.resume()
 
     def cluster_changed(self):
         self.queue.discard()
+
+    @inlineCallbacks
+    def _look_at_other_api(self):
+        """
+        At start with nothing under C{/proton/}: when the other etcd API's store holds
+        proton's objects, say which setting to change (proton-server writes over v2).
+        """
+        config = self.config
+        api = getattr(config, "etcd_api", "v3")
+        other = "v3" if api == "v2" else "v2"
+        kwargs = dict(
+            endpoints=list(config.etcd_endpoints), timeout=config.etcd_timeout,
+            username=config.username, password=config.password,
+            ca_file=config.ca_file, cert_file=config.cert_file,
+            key_file=config.key_file, reactor=self.reactor,
+        )
+        if other == "v2":
+            from shim.etcd.v2 import EtcdV2Client
+            client = EtcdV2Client(status_key="/proton/", **kwargs)
+        else:
+            client = EtcdClient(**kwargs)
+        try:
+            found = yield client.get(
+                self.schema.proton_key(self.schema.port, ""), prefix=True, limit=1)
+            if found.kvs or found.count:
+                self.log.warn(
+                    "nothing under /proton/ over etcd's {api} API, but the {other} API "
+                    "holds proton's objects: set [etcd] api = {other} (every Gluon "
+                    "proton-server writes over v2)", api=api, other=other,
+                )
+        except Exception as e:
+            self.log.debug("looking at etcd's {other} API: {error}", other=other, error=e)
+        finally:
+            yield client.close()
 
     # -- the follower's state, for tests and operations
 
@@ -346,5 +384,6 @@ def _client_for(config, reactor):
     )
     if getattr(config, "etcd_api", "v3") == "v2":
         from shim.etcd.v2 import EtcdV2Client
-        return EtcdV2Client(**kwargs)
+        # status() reads a key: one the shim's v2 role may read.
+        return EtcdV2Client(status_key="/proton/", **kwargs)
     return EtcdClient(**kwargs)
