@@ -758,3 +758,19 @@ class PropertyTests(SynchronousTestCase):
                 e, "\n  ".join(repr(op) for op in done)))
         finally:
             run.close()
+
+    def test_release_after_failed_publish(self):
+        """
+        A port moves from controller A's host to B's while A's publish of its result
+        is being retried after an etcd failure: B's result stays in etcd.  (A's retried
+        publish must not land over B's, nor its delayed release clear B's.)
+        """
+        run = Run(self, random.Random(0))
+        try:
+            for op in SETUP + [("etcd_fault", 2), ("tick", 0.5),
+                               _port("p1", "compute3")]:
+                run.do(op)
+            run.settle()
+            run.check()
+        finally:
+            run.close()
