@@ -421,7 +421,12 @@ class Election(object):
         self._role_changed()
         self._watch_group(epoch + 1)
         self._schedule_deadline()
-        self._later("keepalive", self._interval(), self._keepalive)
+        # The first keepalive a full interval before the deadline, sooner when the
+        # campaign itself was slow and ate into the lease.
+        interval = self._interval()
+        remaining = self._deadline - self._monotonic()
+        self._later("keepalive", min(interval, max(0.0, remaining - interval)),
+                    self._keepalive)
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(epoch)
