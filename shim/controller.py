@@ -127,6 +127,8 @@ class Controller:
         if table == schema.port:
             if obj is not None:
                 self._port_row(name, prev, obj)
+            else:
+                self._bind_seen.pop(name, None)
             mark(name)
         elif table == schema.binding:
             for port in self.model.ports_of_interface(name):
@@ -162,7 +164,11 @@ class Controller:
         """
         told = self.told.get(uuid)
         if told is None:
-            if portstate.is_bind_request(port) and uuid not in self._bind_seen:
+            if (
+                portstate.is_bind_request(port)
+                and self._is_our_host(port.get("host_id"))
+                and uuid not in self._bind_seen
+            ):
                 self._bind_seen[uuid] = self.clock.seconds()
             return
         if (
