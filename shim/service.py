@@ -245,7 +245,8 @@ class ShimService(Service):
         self.role = LEADER
         self.model.epoch = epoch
         self.metrics.child(self.metrics.elections, "won").inc()
-        self.log.info(
+        # The election logs the change of role: one line.
+        self.log.debug(
             "acting for {controller} (epoch {epoch}): reconciling every port from the "
             "bind results in etcd", controller=self.config.controller_name, epoch=epoch,
         )
@@ -262,7 +263,7 @@ class ShimService(Service):
         self.role = STANDBY
         self.model.epoch = None
         self.metrics.child(self.metrics.elections, "lost").inc()
-        self.log.warn("standing by: no longer acting ({reason})", reason=reason)
+        self.log.debug("standing by: no longer acting ({reason})", reason=reason)
         self.queue.pause()
         self.writer.cancel_all()
         self.controller.forget_all()
