@@ -483,8 +483,11 @@ class Run:
         else:
             self.etcd._delete(key, False)
         revision = self.etcd.revision
+        stalled = {n for n, _ in self.unsynchronised}
         for name, service in self.services.items():
-            if name not in self.down and name not in self.behind:
+            # A follower whose full resync failed has no watch until one succeeds.
+            if name not in self.down and name not in self.behind \
+                    and name not in stalled:
                 if verdict != "ok":
                     self.fed[verdict] += 1
                 service.apply(kind, key, value, revision)
@@ -519,13 +522,13 @@ class Run:
                 continue
             self.behind.discard(name)
             if cause == "periodic":
-                service.follower._resync_beside("periodic")
+                self._resync_beside(service)
             elif cause == "periodic_slow":
                 # etcd answers later: proton's writes meanwhile reach the model
                 # before the snapshot does.
                 self.etcd.hold = True
                 try:
-                    service.follower._resync_beside("periodic")
+                    self._resync_beside(service)
                     # The status answers at once; the read at its revision waits.
                     index = len(self.etcd.held) - 1
                     if index >= 0 and self.etcd.held[index][0][0] == "status":
@@ -536,6 +539,18 @@ class Run:
                 if cause == "cluster_changed":
                     self._new_cluster()
                 self._synchronise(name, cause)
+
+    @staticmethod
+    def _resync_beside(service):
+        """
+        A periodic resync beside the watch, unless one is running (as
+        C{Follower.request_resync} does).
+        """
+        follower = service.follower
+        if follower._background is None:
+            d = follower._resync_beside("periodic")
+            if not d.called:
+                follower._background = d
 
     def _new_cluster(self):
         """
@@ -574,7 +589,7 @@ class Run:
         if any(b.rejected_by_mode for b in self.backends.values()):
             # A refused bind is tried again at the next resync.
             for service in self.services.values():
-                service.follower._resync_beside("periodic")
+                self._resync_beside(service)
             for b in self.backends.values():
                 b.rejected_by_mode = False
         for _ in range(400):
