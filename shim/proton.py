@@ -8,9 +8,15 @@ C{"True"}, C{1500} becomes C{"1500"}, a dict becomes its JSON text), null stays 
 null, and an update rewrites the whole object.  Its L{ProtonClient.bind} follows proton's
 exact sequence, so a shim can be exercised against the real thing's timing window.
 
+It speaks both etcd APIs (it takes an L{shim.etcd.EtcdClient} or an
+L{shim.etcd.EtcdV2Client}: the real proton-server writes through v2) and both model
+generations (L{shim.schema.SEED}, the seed's 2016 model, and L{shim.schema.GLUON_1},
+what Gluon 1.1's proton-server writes: docs/real-proton.md).
+
 C{shim-proton} (L{main}) is the command line around it::
 
-    shim-proton [--etcd URL[,URL...]] vpn create VPN1 --name blue --rd 100:1 --ipv4-family 100:1
+    shim-proton [--etcd URL[,URL...]] [--api v3|v2] [--model net-l3vpn|net-l3vpn-v1.0] ...
+    shim-proton vpn create VPN1 --name blue --rd 100:1 --ipv4-family 100:1
     shim-proton rt create 100:1 --type both
     shim-proton port create PORT1 --mac fa:16:3e:00:00:01
     shim-proton vpnport create PORT1 VPN1
@@ -20,6 +26,7 @@ C{shim-proton} (L{main}) is the command line around it::
 """
 
 import argparse
+import datetime
 import json
 import random
 import sys
@@ -29,8 +36,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from shim import keys
-from shim.etcd import Compare, EtcdClient, Op
-from shim.etcd.errors import EtcdError
+from shim.etcd import EtcdClient, EtcdV2Client
+from shim.etcd.errors import Compacted, EtcdError
+from shim.schema import MODELS, SEED, ApiModel, model_named
 
 log = Logger()
 
@@ -43,6 +51,16 @@ PORT_ATTRIBUTES = (
     "profile", "vif_type", "zone", "ipaddress", "subnet_prefix", "gateway", "mtu",
     "vlan_transparency",
 )
+
+#: Gluon 1.1's Port row (docs/real-proton.md), without C{created_at}/C{updated_at}:
+#: the addresses moved to the VpnBinding, there is no C{network_id} nor C{zone}.
+PORT_ATTRIBUTES_V1 = (
+    "id", "tenant_id", "name", "mac_address", "admin_state_up", "status", "vnic_type",
+    "mtu", "vlan_transparency", "profile", "device_id", "device_owner", "host_id",
+    "vif_details", "vif_type",
+)
+
+DEFAULT_TENANT = "proton-tenant"
 
 VPN_ATTRIBUTES = (
     "id", "vpn_instance_name", "description", "ipv4_family", "ipv6_family",
@@ -65,6 +83,35 @@ class ProtonError(Exception):
     A request that cannot be carried out: an unknown object, a bad argument, a bind
     result that is not a JSON object.  The message says what and where.
     """
+
+
+class BindInterrupted(ProtonError):
+    """
+    Proton's wait for a bind result ended before an answer came: its watch on the
+    controller key ended (etcd killed, a connection lost).  Whether the shim answered
+    is unknown to proton; the real proton-server would answer Nova with no vif.
+
+    @ivar reason: the watch's C{WatchEnded.reason} (C{"connection_lost"}, ...).
+    """
+
+    def __init__(self, message, reason=None):
+        ProtonError.__init__(self, message)
+        self.reason = reason
+
+
+def timestamp():
+    """
+    A row's C{created_at}/C{updated_at} as Gluon 1.1 writes it to etcd:
+    C{"2026-11-25 10:11:42.570314"} (UTC, a space between date and time).
+    """
+    return datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def gluon_port_key(port_id):
+    """
+    The key Gluon 1.1 writes beside each port, outside C{/proton/}.
+    """
+    return "/gluon/port/%s" % (port_id,)
 
 
 def proton_string(value):
@@ -137,6 +184,30 @@ def port_defaults(port_id):
     }
 
 
+def port_defaults_v1(port_id):
+    """
+    A new port's attributes as Gluon 1.1's proton creates an unbound port: its
+    placement and vif attributes, C{profile} and C{device_owner} null.
+    """
+    return {
+        "id": port_id,
+        "tenant_id": DEFAULT_TENANT,
+        "name": "port-%s" % (port_id,),
+        "mac_address": random_mac(),
+        "admin_state_up": True,
+        "status": "DOWN",
+        "vnic_type": "normal",
+        "mtu": 1500,
+        "vlan_transparency": False,
+        "profile": None,
+        "device_id": None,
+        "device_owner": None,
+        "host_id": None,
+        "vif_details": None,
+        "vif_type": None,
+    }
+
+
 class BindOutcome:
     """
     What proton got from a bind request.
@@ -170,18 +241,45 @@ class ProtonClient:
     whole object; an object it has not seen is read from etcd first, so a client in a
     new process (the CLI) can update what an earlier one created.
 
-    @param etcd: a L{shim.etcd.EtcdClient}.
+    The method names are the seed's; in Gluon 1.x's model a VPN is a C{VpnService}
+    and a port's VPN binding a C{VpnBinding} keyed by the port's interface (the
+    interface proton creates with the port, whose id is the port's).
+
+    @param etcd: a L{shim.etcd.EtcdClient} or L{shim.etcd.EtcdV2Client}.
+    @param schema: the model generation written, an L{shim.schema.ApiModel}
+        (L{shim.schema.SEED} by default).
     @param reactor: for the clock of L{bind}; the global reactor by default.
+    @param rewrite: whether a bind answered with vif attributes rewrites the port
+        with them, as proton does.  C{None}: as the real proton of the model
+        generation does in the tests written for it (Gluon 1.x: yes; the seed's: no,
+        so that a seed test sees one write per bind request).
+    @param proton_url: the C{url} of the C{/gluon/port/<id>} keys (1.x).
     """
 
-    def __init__(self, etcd, reactor=None):
+    def __init__(self, etcd, schema=SEED, reactor=None, rewrite=None,
+                 proton_url="http://127.0.0.1:2705"):
+        if schema is not None and not isinstance(schema, ApiModel):
+            # ProtonClient(etcd, reactor): the signature before model generations.
+            schema, reactor = None, schema
         if reactor is None:
             from twisted.internet import reactor
+        if schema is None:
+            schema = SEED
         self.etcd = etcd
+        self.schema = schema
         self.reactor = reactor
+        self.gluon_1 = schema.interface is not None
+        self.rewrite = self.gluon_1 if rewrite is None else rewrite
+        self.proton_url = proton_url
         self.objects = {}
 
     # -- generic objects ---------------------------------------------------------
+
+    def _check_table(self, table):
+        known = set(self.schema.attributes) | set(self.schema.ignored)
+        if table not in known:
+            raise ProtonError("unknown table %r of model %s (expected one of %s)"
+                              % (table, self.schema.name, ", ".join(sorted(known))))
 
     @inlineCallbacks
     def put_object(self, table, object_id, attrs):
@@ -190,14 +288,13 @@ class ProtonClient:
 
         @return: a Deferred firing with the etcd C{PutResult}.
         """
-        if table not in keys.TABLES:
-            raise ProtonError("unknown table %r (expected one of %s)"
-                              % (table, ", ".join(keys.TABLES)))
+        self._check_table(table)
         if not object_id or "/" in object_id:
             raise ProtonError("bad %s id %r: must be non-empty and contain no '/'"
                               % (table, object_id))
         attrs = dict(attrs)
-        result = yield self.etcd.put(keys.proton_key(table, object_id), encode_object(attrs))
+        result = yield self.etcd.put(self.schema.proton_key(table, object_id),
+                                     encode_object(attrs))
         self.objects[(table, object_id)] = attrs
         return result
 
@@ -209,7 +306,7 @@ class ProtonClient:
         @return: a Deferred firing with the etcd C{DeleteResult}; its C{deleted} is 0
             when there was no such key.
         """
-        result = yield self.etcd.delete(keys.proton_key(table, object_id))
+        result = yield self.etcd.delete(self.schema.proton_key(table, object_id))
         self.objects.pop((table, object_id), None)
         return result
 
@@ -223,7 +320,7 @@ class ProtonClient:
         """
         if (table, object_id) in self.objects:
             return dict(self.objects[(table, object_id)])
-        key = keys.proton_key(table, object_id)
+        key = self.schema.proton_key(table, object_id)
         found = yield self.etcd.get(key)
         if not found.kvs:
             raise ProtonError("no %s %r in etcd (key %s)" % (table, object_id, key))
@@ -236,69 +333,122 @@ class ProtonClient:
     @inlineCallbacks
     def update_object(self, table, object_id, changes):
         """
-        Merge C{changes} into the object and rewrite it whole.
+        Merge C{changes} into the object and rewrite it whole (in 1.x with a new
+        C{updated_at}).
 
         @return: a Deferred firing with the new attributes.
         """
         attrs = yield self.get_object(table, object_id)
         attrs.update(changes)
+        if self.gluon_1:
+            attrs["updated_at"] = timestamp()
         yield self.put_object(table, object_id, attrs)
         return attrs
 
+    def _new_row(self, attrs):
+        """
+        A new row: in 1.x stamped with C{created_at} and C{updated_at} first, as
+        proton's database rows are.
+        """
+        if not self.gluon_1:
+            return attrs
+        now = timestamp()
+        row = {"created_at": now, "updated_at": now}
+        row.update(attrs)
+        return row
+
     # -- ports -------------------------------------------------------------------
+
+    @property
+    def port_attributes(self):
+        """The attributes of a port in this model generation."""
+        return PORT_ATTRIBUTES_V1 if self.gluon_1 else PORT_ATTRIBUTES
 
     @inlineCallbacks
     def create_port(self, port_id, **attrs):
         """
         Create a port with proton's full attribute set; C{attrs} override the defaults.
+        In 1.x, proton then writes C{/gluon/port/<id>} and the port's default
+        C{Interface/<port id>}, as Gluon 1.1 does.
 
         @return: a Deferred firing with the port's attributes.
         """
-        unknown = sorted(set(attrs) - set(PORT_ATTRIBUTES))
+        unknown = sorted(set(attrs) - set(self.port_attributes))
         if unknown:
-            raise ProtonError("unknown port attribute(s): %s" % (", ".join(unknown),))
-        port = port_defaults(port_id)
+            raise ProtonError("unknown port attribute(s) in model %s: %s"
+                              % (self.schema.name, ", ".join(unknown)))
+        port = (port_defaults_v1 if self.gluon_1 else port_defaults)(port_id)
         port.update(attrs)
-        yield self.put_object(keys.PORT, port_id, port)
+        port = self._new_row(port)
+        yield self.put_object(self.schema.port, port_id, port)
+        if self.gluon_1:
+            yield self.etcd.put(gluon_port_key(port_id), json.dumps({
+                "tenant_id": port.get("tenant_id"), "service": keys.API,
+                "url": self.proton_url}))
+            yield self.put_object(self.schema.interface, port_id, self._new_row({
+                "id": port_id, "tenant_id": port.get("tenant_id"),
+                "name": "%s_default" % (port.get("name"),), "port_id": port_id,
+                "segmentation_type": "none", "segmentation_id": 0,
+            }))
         return port
 
     def update_port(self, port_id, **changes):
         """
         Change some attributes of a port and rewrite it whole.
         """
-        return self.update_object(keys.PORT, port_id, changes)
+        return self.update_object(self.schema.port, port_id, changes)
 
+    @inlineCallbacks
     def delete_port(self, port_id):
-        return self.delete_object(keys.PORT, port_id)
+        """
+        Delete a port; in 1.x also its C{/gluon/port/<id>} and its default
+        interface, in proton's order (never its VpnBinding nor C{/controller/}).
 
-    # -- VPN instances -------------------------------------------------------------
+        @return: a Deferred firing with the port key's C{DeleteResult}.
+        """
+        if not self.gluon_1:
+            result = yield self.delete_object(self.schema.port, port_id)
+            return result
+        yield self.etcd.delete(gluon_port_key(port_id))
+        result = yield self.delete_object(self.schema.port, port_id)
+        yield self.delete_object(self.schema.interface, port_id)
+        return result
+
+    # -- VPNs (VpnInstance; VpnService in 1.x) -----------------------------------
 
     @inlineCallbacks
     def create_vpn(self, vpn_id, name=None, route_distinguishers="",
-                   ipv4_family="", ipv6_family="", description=""):
+                   ipv4_family="", ipv6_family="", description="", tenant_id=None):
         """
-        Create a VpnInstance.  The family and distinguisher arguments take a list or a
+        Create a VPN.  The family and distinguisher arguments take a list or a
         comma-separated string of route-target keys / distinguishers.
         """
-        vpn = {
-            "id": vpn_id,
-            "vpn_instance_name": name if name is not None else vpn_id,
+        vpn = {"id": vpn_id}
+        if self.gluon_1:
+            vpn["tenant_id"] = tenant_id or DEFAULT_TENANT
+            vpn["name"] = name if name is not None else vpn_id
+        else:
+            vpn["vpn_instance_name"] = name if name is not None else vpn_id
+        vpn.update({
             "description": description,
             "ipv4_family": _comma_list(ipv4_family),
             "ipv6_family": _comma_list(ipv6_family),
             "route_distinguishers": _comma_list(route_distinguishers),
-        }
-        yield self.put_object(keys.VPN_INSTANCE, vpn_id, vpn)
+        })
+        vpn = self._new_row(vpn)
+        yield self.put_object(self.schema.service, vpn_id, vpn)
         return vpn
 
     def update_vpn(self, vpn_id, **changes):
         for name in ("ipv4_family", "ipv6_family", "route_distinguishers"):
             if name in changes:
                 changes[name] = _comma_list(changes[name])
-        return self.update_object(keys.VPN_INSTANCE, vpn_id, changes)
+        if self.gluon_1 and "vpn_instance_name" in changes:
+            changes["name"] = changes.pop("vpn_instance_name")
+        return self.update_object(self.schema.service, vpn_id, changes)
 
     def delete_vpn(self, vpn_id):
-        return self.delete_object(keys.VPN_INSTANCE, vpn_id)
+        return self.delete_object(self.schema.service, vpn_id)
 
     # -- route targets (VpnAfConfig) -----------------------------------------------
 
@@ -311,39 +461,64 @@ class ProtonClient:
         if rt_type not in RT_TYPES:
             raise ProtonError("bad route target type %r (expected one of %s)"
                               % (rt_type, ", ".join(RT_TYPES)))
-        afconfig = {
+        afconfig = {}
+        if self.gluon_1:
+            afconfig["tenant_id"] = DEFAULT_TENANT
+        afconfig.update({
             "vrf_rt_value": rt_value,
             "vrf_rt_type": rt_type,
             "import_route_policy": import_route_policy,
             "export_route_policy": export_route_policy,
-        }
-        yield self.put_object(keys.VPN_AFCONFIG, keys.afconfig_name(rt_value), afconfig)
+        })
+        afconfig = self._new_row(afconfig)
+        yield self.put_object(self.schema.route_target, keys.afconfig_name(rt_value),
+                              afconfig)
         return afconfig
 
     def update_route_target(self, rt_value, **changes):
         if "vrf_rt_type" in changes and changes["vrf_rt_type"] not in RT_TYPES:
             raise ProtonError("bad route target type %r (expected one of %s)"
                               % (changes["vrf_rt_type"], ", ".join(RT_TYPES)))
-        return self.update_object(keys.VPN_AFCONFIG, keys.afconfig_name(rt_value), changes)
+        return self.update_object(self.schema.route_target,
+                                  keys.afconfig_name(rt_value), changes)
 
     def delete_route_target(self, rt_value):
-        return self.delete_object(keys.VPN_AFCONFIG, keys.afconfig_name(rt_value))
+        return self.delete_object(self.schema.route_target, keys.afconfig_name(rt_value))
 
-    # -- port-to-VPN bindings (VPNPort) ----------------------------------------------
+    # -- port-to-VPN bindings (VPNPort; VpnBinding in 1.x) ---------------------------
 
     @inlineCallbacks
-    def create_vpn_port(self, port_id, vpn_id):
+    def create_vpn_port(self, port_id, vpn_id, ipaddress=None, subnet_prefix=None,
+                        gateway=None, interface_id=None):
         """
-        Bind a port to a VPN; the key is the port's id.
+        Bind a port to a VPN.  In the seed's model a VPNPort keyed by the port's id;
+        in 1.x a VpnBinding keyed by the interface (the port's default interface,
+        whose id is the port's, unless C{interface_id} says otherwise) carrying the
+        address attributes that 1.x moved off the port.
         """
-        binding = {"id": port_id, "vpn_instance": vpn_id}
-        yield self.put_object(keys.VPN_PORT, port_id, binding)
+        if not self.gluon_1:
+            binding = {"id": port_id, "vpn_instance": vpn_id}
+            yield self.put_object(self.schema.binding, port_id, binding)
+            return binding
+        interface_id = interface_id or port_id
+        key = (self.schema.binding, interface_id)
+        created_at = None
+        if key in self.objects:
+            created_at = self.objects[key].get("created_at")
+        binding = self._new_row({
+            "tenant_id": DEFAULT_TENANT, "interface_id": interface_id,
+            "service_id": vpn_id, "ipaddress": ipaddress,
+            "subnet_prefix": subnet_prefix, "gateway": gateway,
+        })
+        if created_at:
+            binding["created_at"] = created_at
+        yield self.put_object(self.schema.binding, interface_id, binding)
         return binding
 
     update_vpn_port = create_vpn_port
 
     def delete_vpn_port(self, port_id):
-        return self.delete_object(keys.VPN_PORT, port_id)
+        return self.delete_object(self.schema.binding, port_id)
 
     # -- binding -----------------------------------------------------------------
 
@@ -352,21 +527,32 @@ class ProtonClient:
         """
         Ask for a port to be bound on C{host}, as proton does, and wait for the answer.
 
-          1. make sure the controller key exists (created as C{{}} in one transaction
-             when it is missing) and take its revision;
-          2. open a watch on it from that revision + 1, and wait until etcd confirmed
-             it, so that the watch is open before the port is written;
-          3. write the port with C{host_id} and C{device_id} set;
+          1. read the controller key: when it exists, the answer is its first change
+             after its modifiedIndex (proton's C{modifiedIndex + 1}); when it is
+             missing, create it as C{{}} (only if still absent) and take the first
+             change after that;
+          2. open a watch on it from there, and wait until etcd confirmed it, so that
+             the watch is open before the port is written;
+          3. write the port with C{host_id} and C{device_id} set (in 1.x also
+             C{device_owner} and C{profile}, as Nova's plugin sends them);
           4. wait at most C{timeout} seconds for a change of the controller key: the
              first change is the answer, as for proton, even an empty C{{}} (which
-             proton would copy as an empty C{vif_type}).
+             proton would copy as an empty C{vif_type});
+          5. copy C{vif_type} and C{json.dumps(vif_details)} into the port and, with
+             L{rewrite}, write the port again with them.
+
+        Unlike the real proton, a C{modifiedIndex + 1} that etcd has already dropped
+        from its history (v2 keeps 1000 events; v3 compacts) is not a failure: no
+        change of the key can lie between that index and our read, so the watch
+        starts after the read instead (docs/real-proton.md says what proton does).
 
         @return: a Deferred firing with a L{BindOutcome}.
+        @raise ProtonError: (in the Deferred) for an unknown port, a result that is
+            not a JSON object, or a watch that ended before an answer came (etcd
+            went away): its C{reason} then says why.
         """
-        port = yield self.get_object(keys.PORT, port_id)
-        ckey = keys.result_key(port_id)
-        revision = yield self._ensure_result_key(ckey)
-
+        port = yield self.get_object(self.schema.port, port_id)
+        ckey = self.schema.result_key(port_id)
         answered = Deferred()
 
         def on_event(event):
@@ -377,31 +563,35 @@ class ProtonClient:
                 return
             answered.callback(event.value)
 
-        watch = self.etcd.watch(ckey, revision + 1, on_event, prefix=False,
-                                prev_kv=False, progress_notify=False)
+        watch = yield self._watch_result(ckey, on_event)
         stopping = False
         try:
-            yield watch.started
-
             def ended(outcome):
                 if not answered.called and not stopping:
-                    answered.errback(ProtonError(
+                    answered.errback(BindInterrupted(
                         "watch on %s ended before a bind result came: %s"
-                        % (ckey, getattr(outcome, "reason", outcome))))
+                        % (ckey, getattr(outcome, "reason", outcome)),
+                        getattr(outcome, "reason", None)))
                 return outcome
             watch.done.addCallback(ended)
 
             port.update(host_id=host, device_id=device)
+            if self.gluon_1:
+                port.update(device_owner="compute:nova", profile="{}",
+                            updated_at=timestamp())
             started = self.reactor.seconds()
             # proton's clock runs from the port write.
             timer = self.reactor.callLater(
                 timeout, lambda: answered.called or answered.callback(None))
             try:
-                yield self.put_object(keys.PORT, port_id, port)
+                yield self.put_object(self.schema.port, port_id, port)
                 raw = yield answered
             finally:
                 if timer.active():
                     timer.cancel()
+                # A watch that ended while the port write failed leaves its
+                # failure here: it is the write's failure that is reported.
+                answered.addErrback(lambda _: None)
             elapsed = self.reactor.seconds() - started
         finally:
             stopping = True
@@ -412,38 +602,90 @@ class ProtonClient:
         result = decode_value(raw)
         if not isinstance(result, dict):
             raise ProtonError("bind result at %s is not a JSON object: %r" % (ckey, result))
+        copied = False
         for name in VIF_ATTRIBUTES:
             if name in result:
-                port[name] = proton_string(result[name])
-        self.objects[(keys.PORT, port_id)] = port
+                value = result[name]
+                if name == "vif_details" and self.gluon_1:
+                    # Gluon 1.1: json.dumps(vif_details), keys in the answer's order.
+                    value = json.dumps(value)
+                port[name] = proton_string(value)
+                copied = True
+        if copied and self.rewrite:
+            if self.gluon_1:
+                port["updated_at"] = timestamp()
+            yield self.put_object(self.schema.port, port_id, port)
+        self.objects[(self.schema.port, port_id)] = port
         return BindOutcome(result, elapsed, dict(port))
 
     @inlineCallbacks
-    def _ensure_result_key(self, ckey):
+    def _watch_result(self, ckey, on_event):
         """
-        Create the controller key as C{{}} unless it exists; return the revision
-        after which a change of it answers this request.
+        Proton's first step of a bind: read the controller key, create it as C{{}}
+        when missing, and open a watch for its next change.
+
+        @return: a Deferred firing with the watch, once etcd confirmed it.
         """
-        txn = yield self.etcd.txn(
-            compare=[Compare.create_revision(ckey, "==", 0)],
-            success=[Op.put(ckey, b"{}")],
-        )
-        # Whether it created the key or found it, anything after the transaction's
-        # revision is new.  (Watching from the key's own older mod revision would
-        # replay old changes, and fail once etcd has compacted past it.)
-        return txn.revision
+        found = yield self.etcd.get(ckey)
+        if not found.kvs:
+            created = yield self.etcd.put_if(ckey, b"{}", 0)
+            if created.succeeded:
+                # Created: anything after the creation is new.
+                watch = yield self._open_watch(ckey, created.revision + 1, on_event)
+                return watch
+            # Someone (a shim pre-creating it) was first: take the "exists" path.
+            found = yield self.etcd.get(ckey)
+        if found.kvs:
+            since = found.kvs[0].mod_revision + 1
+        else:
+            since = found.revision + 1
+        try:
+            watch = yield self._open_watch(ckey, since, on_event)
+        except Compacted:
+            # The key did not change between since and our read: start after it.
+            watch = yield self._open_watch(ckey, found.revision + 1, on_event)
+        return watch
+
+    @inlineCallbacks
+    def _open_watch(self, ckey, start, on_event):
+        watch = self.etcd.watch(ckey, start, on_event, prefix=False,
+                                prev_kv=False, progress_notify=False)
+        try:
+            yield watch.started
+        except Exception:
+            ended = yield watch.done
+            if getattr(ended, "reason", None) == "compacted":
+                raise Compacted(getattr(ended, "compact_revision", None),
+                                "watch on %s from %d" % (ckey, start))
+            raise BindInterrupted(
+                "watch on %s could not start: %s"
+                % (ckey, getattr(ended, "reason", ended)),
+                getattr(ended, "reason", None))
+        if watch.done.called:
+            ended = yield watch.done
+            if getattr(ended, "reason", None) == "compacted":
+                raise Compacted(getattr(ended, "compact_revision", None),
+                                "watch on %s from %d" % (ckey, start))
+        return watch
 
     @inlineCallbacks
     def unbind(self, port_id):
         """
         Unbind a port: clear C{host_id}, C{device_id} and (as proton does itself) the
-        vif attributes, and rewrite it.
+        vif attributes, and rewrite it.  In 1.x, as Gluon 1.1: the port is written
+        with C{host_id} and C{device_id} C{""}, then again with C{vif_type} null and
+        C{vif_details} C{"{}"}.
 
         @return: a Deferred firing with the port's attributes.
         """
         changes = {"host_id": "", "device_id": ""}
+        if self.gluon_1:
+            yield self.update_object(self.schema.port, port_id, changes)
+            port = yield self.update_object(self.schema.port, port_id,
+                                            {"vif_type": None, "vif_details": "{}"})
+            return port
         changes.update({name: None for name in VIF_ATTRIBUTES})
-        port = yield self.update_object(keys.PORT, port_id, changes)
+        port = yield self.update_object(self.schema.port, port_id, changes)
         return port
 
     # -- inspection --------------------------------------------------------------
@@ -451,12 +693,16 @@ class ProtonClient:
     @inlineCallbacks
     def show(self):
         """
-        Everything under C{/proton/} and C{/controller/}, decoded.
+        Everything under C{/proton/} and C{/controller/} (and in 1.x C{/gluon/}),
+        decoded.
 
         @return: a Deferred firing with a dict of key to decoded value, in key order.
         """
         shown = {}
-        for prefix in (keys.PROTON_PREFIX, "/controller/"):
+        prefixes = [keys.PROTON_PREFIX, "/controller/"]
+        if self.gluon_1:
+            prefixes.append("/gluon/")
+        for prefix in prefixes:
             found = yield self.etcd.get_all(prefix)
             for kv in found.kvs:
                 shown[kv.key] = decode_value(kv.value)
@@ -529,6 +775,12 @@ def build_parser():
                         help="etcd endpoints (default %(default)s)")
     parser.add_argument("--etcd-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="timeout of one etcd request (default %(default)s)")
+    parser.add_argument("--api", choices=("v3", "v2"), default="v3",
+                        help="the etcd API to write through (default %(default)s; "
+                             "the real proton-server writes through v2)")
+    parser.add_argument("--model", choices=sorted(MODELS), default=SEED.name,
+                        help="the model generation to write: the seed's (net-l3vpn, "
+                             "the default) or Gluon 1.x's (net-l3vpn-v1.0)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     port = commands.add_parser("port", help="create, update or delete a port")
@@ -565,14 +817,16 @@ def build_parser():
     p = rt_cmds.add_parser("delete")
     p.add_argument("value")
 
-    vpnport = commands.add_parser("vpnport", help="bind a port to a VPN (VPNPort)")
+    vpnport = commands.add_parser("vpnport", help="bind a port to a VPN (VPNPort; "
+                                                  "in 1.x a VpnBinding of its interface)")
     vp_cmds = vpnport.add_subparsers(dest="action", required=True)
-    p = vp_cmds.add_parser("create")
-    p.add_argument("port")
-    p.add_argument("vpn")
-    p = vp_cmds.add_parser("update")
-    p.add_argument("port")
-    p.add_argument("vpn")
+    for action in ("create", "update"):
+        p = vp_cmds.add_parser(action)
+        p.add_argument("port")
+        p.add_argument("vpn")
+        p.add_argument("--ip", dest="ipaddress", help="1.x: the binding's address")
+        p.add_argument("--prefix", dest="subnet_prefix", help="1.x: its prefix length")
+        p.add_argument("--gateway", help="1.x: its gateway")
     p = vp_cmds.add_parser("delete")
     p.add_argument("port")
 
@@ -619,6 +873,8 @@ def run(client, args, out):
 
     @return: a Deferred firing with the exit code.
     """
+    schema = client.schema
+
     def emit(thing):
         out.write(json.dumps(thing, indent=2, sort_keys=True) + "\n")
 
@@ -629,7 +885,11 @@ def run(client, args, out):
                 raise ProtonError("no port %r in etcd to delete" % (args.id,))
             out.write("deleted port %s\n" % (args.id,))
             return 0
-        attrs = _given(args, PORT_ATTRIBUTES)
+        attrs = _given(args, client.port_attributes)
+        unknown = sorted(set(_given(args, PORT_ATTRIBUTES)) - set(attrs))
+        if unknown:
+            raise ProtonError("port attribute(s) %s are not in model %s"
+                              % (", ".join(unknown), client.schema.name))
         if "admin_state_up" in attrs:
             attrs["admin_state_up"] = attrs["admin_state_up"] == "up"
         attrs.update(_set_pairs(args.set))
@@ -639,7 +899,8 @@ def run(client, args, out):
             port = yield client.create_port(port_id, **attrs)
         else:
             port = yield client.update_port(args.id, **attrs)
-        emit({keys.proton_key(keys.PORT, port["id"]): json.loads(encode_object(port))})
+        emit({schema.proton_key(schema.port, port["id"]):
+              json.loads(encode_object(port))})
     elif args.command == "vpn":
         if args.action == "delete":
             deleted = yield client.delete_vpn(args.id)
@@ -660,7 +921,7 @@ def run(client, args, out):
                 vpn = yield client.update_vpn(args.id, **attrs)
         else:
             vpn = yield client.update_vpn(args.id, **attrs)
-        emit({keys.proton_key(keys.VPN_INSTANCE, args.id): json.loads(encode_object(vpn))})
+        emit({schema.proton_key(schema.service, args.id): json.loads(encode_object(vpn))})
     elif args.command == "rt":
         name = keys.afconfig_name(args.value)
         if args.action == "delete":
@@ -680,7 +941,8 @@ def run(client, args, out):
                 rt = yield client.update_route_target(args.value, **attrs)
         else:
             rt = yield client.update_route_target(args.value, **attrs)
-        emit({keys.proton_key(keys.VPN_AFCONFIG, name): json.loads(encode_object(rt))})
+        emit({schema.proton_key(schema.route_target, name):
+              json.loads(encode_object(rt))})
     elif args.command == "vpnport":
         if args.action == "delete":
             deleted = yield client.delete_vpn_port(args.port)
@@ -688,8 +950,13 @@ def run(client, args, out):
                 raise ProtonError("no vpnport %r in etcd to delete" % (args.port,))
             out.write("deleted vpnport %s\n" % (args.port,))
             return 0
-        binding = yield client.create_vpn_port(args.port, args.vpn)
-        emit({keys.proton_key(keys.VPN_PORT, args.port): binding})
+        extra = _given(args, ("ipaddress", "subnet_prefix", "gateway"))
+        if extra and not client.gluon_1:
+            raise ProtonError("--ip, --prefix and --gateway belong to the port in model"
+                              " %s (port create/update)" % (schema.name,))
+        binding = yield client.create_vpn_port(args.port, args.vpn, **extra)
+        emit({schema.proton_key(schema.binding, args.port):
+              json.loads(encode_object(binding))})
     elif args.command == "bind":
         outcome = yield client.bind(args.port, args.host, args.device,
                                     timeout=args.timeout)
@@ -722,10 +989,12 @@ def _react_main(reactor, argv):
     endpoints = [url.strip() for url in args.etcd.split(",") if url.strip()]
     if not endpoints:
         parser.error("--etcd: no endpoint given")
-    etcd = EtcdClient(endpoints=endpoints, timeout=args.etcd_timeout, reactor=reactor)
+    factory = EtcdV2Client if args.api == "v2" else EtcdClient
+    etcd = factory(endpoints=endpoints, timeout=args.etcd_timeout, reactor=reactor)
     code = 1
     try:
-        code = yield run(ProtonClient(etcd, reactor), args, sys.stdout)
+        code = yield run(ProtonClient(etcd, model_named(args.model), reactor), args,
+                         sys.stdout)
     except ProtonError as e:
         sys.stderr.write("shim-proton: %s\n" % (e,))
     except EtcdError as e:
