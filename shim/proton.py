@@ -36,7 +36,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from shim import keys
-from shim.etcd import EtcdClient, EtcdV2Client
+from shim.etcd import EtcdClient, EtcdV2Client, WatchEvent
 from shim.etcd.errors import Compacted, EtcdError
 from shim.schema import MODELS, SEED, ApiModel, model_named
 
@@ -563,16 +563,46 @@ class ProtonClient:
                 return
             answered.callback(event.value)
 
-        watch = yield self._watch_result(ckey, on_event)
-        stopping = False
+        watch, since = yield self._watch_result(ckey, on_event)
+        watches = [watch]
+        stopping = []
+
+        def interrupted(why):
+            if not answered.called and not stopping:
+                answered.errback(BindInterrupted(
+                    "watch on %s ended before a bind result came: %s" % (ckey, why),
+                    why))
+
+        @inlineCallbacks
+        def resume():
+            # etcd compacted the history under the watch (v3's compactions, v2's
+            # 1000-event window): read the key again; a change since our start is
+            # the answer (its latest value), else watch on from the read.
+            try:
+                found = yield self.etcd.get(ckey)
+                if found.kvs and found.kvs[0].mod_revision >= since:
+                    on_event(WatchEvent("PUT", ckey, found.kvs[0].value,
+                                        found.kvs[0].mod_revision, None))
+                    return
+                again = yield self._open_watch(ckey, found.revision + 1, on_event)
+            except (EtcdError, ProtonError) as e:
+                interrupted(getattr(e, "reason", None) or "compacted, then %s" % (e,))
+                return
+            watches.append(again)
+            if stopping:
+                again.stop()
+            else:
+                again.done.addCallback(ended)
+
+        def ended(outcome):
+            reason = getattr(outcome, "reason", outcome)
+            if reason == "compacted" and not answered.called and not stopping:
+                resume()
+            else:
+                interrupted(reason)
+            return outcome
+
         try:
-            def ended(outcome):
-                if not answered.called and not stopping:
-                    answered.errback(BindInterrupted(
-                        "watch on %s ended before a bind result came: %s"
-                        % (ckey, getattr(outcome, "reason", outcome)),
-                        getattr(outcome, "reason", None)))
-                return outcome
             watch.done.addCallback(ended)
 
             port.update(host_id=host, device_id=device)
@@ -594,8 +624,9 @@ class ProtonClient:
                 answered.addErrback(lambda _: None)
             elapsed = self.reactor.seconds() - started
         finally:
-            stopping = True
-            yield watch.stop()
+            stopping.append(True)
+            for each in watches:
+                yield each.stop()
 
         if raw is None:
             return BindOutcome(None, elapsed, port)
@@ -624,15 +655,17 @@ class ProtonClient:
         Proton's first step of a bind: read the controller key, create it as C{{}}
         when missing, and open a watch for its next change.
 
-        @return: a Deferred firing with the watch, once etcd confirmed it.
+        @return: a Deferred firing with C{(watch, since)} once etcd confirmed the
+            watch: the first change at or after revision C{since} is the answer.
         """
         found = yield self.etcd.get(ckey)
         if not found.kvs:
             created = yield self.etcd.put_if(ckey, b"{}", 0)
             if created.succeeded:
                 # Created: anything after the creation is new.
-                watch = yield self._open_watch(ckey, created.revision + 1, on_event)
-                return watch
+                since = created.revision + 1
+                watch = yield self._open_watch(ckey, since, on_event)
+                return watch, since
             # Someone (a shim pre-creating it) was first: take the "exists" path.
             found = yield self.etcd.get(ckey)
         if found.kvs:
@@ -644,7 +677,7 @@ class ProtonClient:
         except Compacted:
             # The key did not change between since and our read: start after it.
             watch = yield self._open_watch(ckey, found.revision + 1, on_event)
-        return watch
+        return watch, since
 
     @inlineCallbacks
     def _open_watch(self, ckey, start, on_event):
