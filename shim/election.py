@@ -30,7 +30,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger, LogLevel
 
 from shim.backoff import Backoff
-from shim.etcd import Compare, NotFound, Op
+from shim.etcd import Compare, NotFound, Op, Timeout
 
 log = Logger()
 
@@ -100,6 +100,8 @@ class Election(object):
 
     @ivar elections_won: how many times this shim became the leader.
     @ivar elections_lost: how many times it stopped leading other than by resigning.
+    @ivar keepalives_failed: how many keepalives failed (no answer within their time
+        limit, or an error), each followed at once by a try on the next endpoint.
     @ivar granted_ttl: the TTL etcd granted the last lease (may exceed C{ttl}: etcd
         raises a TTL below its minimum).
     @ivar leader_identity: the identity in the key when last seen, or None.
@@ -130,6 +132,7 @@ class Election(object):
 
         self.elections_won = 0
         self.elections_lost = 0
+        self.keepalives_failed = 0
         self.granted_ttl = None
         self.leader_identity = None
 
@@ -302,6 +305,32 @@ class Election(object):
                 waiters.append(waiter)
             yield defer.DeferredList(waiters)
 
+    def _within(self, d, seconds, call):
+        """
+        C{d}'s outcome, or L{Timeout} after C{seconds}, whichever comes first; at the
+        time limit C{d} is cancelled and whatever it fires with later is dropped.
+        (Cancelling alone is not a strict limit: the client may answer a
+        cancelled call from its next endpoint, taking up to its own timeout.)
+        """
+        out = defer.Deferred()
+
+        def expire():
+            if not out.called:
+                out.errback(Timeout(None, "etcd %s at %s: no answer within %.1f s"
+                                    % (call, self._client.endpoint, seconds)))
+            d.cancel()
+        timer = self._reactor.callLater(seconds, expire)
+
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            if not out.called:
+                out.callback(result)
+            return None
+        self._track(d)
+        d.addBoth(done)
+        return self._track(out)
+
     def _later(self, name, delay, f, *args):
         old = self._timers.pop(name, None)
         if old is not None and old.active():
@@ -310,9 +339,7 @@ class Election(object):
 
     def _revoke(self, lease_id):
         """Revoke a lease, best effort, within the ttl; never fails."""
-        d = self._client.lease_revoke(lease_id)
-        d.addTimeout(self.ttl, self._reactor)
-        self._track(d)
+        d = self._within(self._client.lease_revoke(lease_id), self.ttl, "lease_revoke")
 
         def failed(f):
             if f.check(NotFound):
@@ -506,9 +533,8 @@ class Election(object):
         still ours; on failure, move to the next endpoint and watch again.
         """
         generation = self._generation
-        d = self._client.get(self.key)
-        d.addTimeout(max(1.0, float(self.ttl)), self._reactor)
-        self._track(d)
+        d = self._within(self._client.get(self.key), max(1.0, float(self.ttl)),
+                         "get %s" % (self.key,))
         try:
             found = yield d
         except Exception as e:
@@ -562,9 +588,8 @@ class Election(object):
         endpoint = self._client.endpoint
         interval = self._interval()
         sent = self._monotonic()
-        d = self._client.lease_keepalive(lease_id)
-        d.addTimeout(interval, self._reactor)
-        self._track(d)
+        d = self._within(self._client.lease_keepalive(lease_id), interval,
+                         "lease_keepalive")
         try:
             ttl = yield d
         except NotFound:
@@ -578,6 +603,7 @@ class Election(object):
             # The first failure of a run is a warning; the quick retries that follow
             # (one per endpoint, until the deadline) are not.
             self._keepalive_failures += 1
+            self.keepalives_failed += 1
             log.emit(LogLevel.warn if self._keepalive_failures == 1 else LogLevel.debug,
                      "election {key}: keepalive at {endpoint} failed ({error}); {left:.1f}"
                      " s left on the lease", key=self.key, endpoint=endpoint,

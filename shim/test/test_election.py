@@ -9,6 +9,7 @@ is (bench/failover.py measures that).
 import time
 
 from twisted.internet import reactor, task
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -315,6 +316,38 @@ class ElectionTests(ElectionTestsMixin, EtcdServerMixin, TestCase):
         self.assertTrue(a.acting() and c.acting())
 
 
+class _Silent(Protocol):
+    """Accepts a connection and never answers: an etcd that hangs."""
+
+
+class SilentEndpointTests(ElectionTestsMixin, EtcdServerMixin, TestCase):
+    """A keepalive sent to an endpoint that never answers."""
+
+    @inlineCallbacks
+    def test_keepalive_time_limit(self):
+        """
+        The keepalive gives up on a silent endpoint after its own time limit (ttl/3,
+        shorter than the client's 2 s), and the next one goes to the next endpoint
+        and succeeds.
+        """
+        factory = Factory.forProtocol(_Silent)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        silent = "http://127.0.0.1:%d" % (port.getHost().port,)
+        a = self.candidate("host-a:1", endpoints=[self.etcd.client_url, silent])
+        yield a.when_elected()
+        # Once the leader's watch is open (opening it sets the client's endpoint),
+        # calls go to the silent endpoint first.
+        yield a._watch.started
+        a.client.skip_endpoint(self.etcd.client_url)
+        self.assertEqual(a.client.endpoint, silent)
+        switched = time.monotonic()
+        yield wait_for(lambda: a.keepalives_failed, what="a keepalive failing")
+        self.assertEqual(a.client.endpoint, self.etcd.client_url)
+        yield wait_for(lambda: a.deadline > switched + a.granted_ttl + 1,
+                       what="a keepalive succeeding after the failure")
+
+
 class TTLTests(ElectionTestsMixin, EtcdServerMixin, TestCase):
     """
     An etcd whose minimum lease TTL is above what we ask: etcd's minimum is 1.5
@@ -349,7 +382,7 @@ class ClusterElectionTests(ElectionTestsMixin, TestCase):
         self.urls = self.cluster.client_urls
 
     @inlineCallbacks
-    def lose_connected_member(self, leader_index_wanted):
+    def lose_connected_member(self, leader_index_wanted, pause=False):
         a = self.candidate("host-a:1", endpoints=self.urls)
         yield a.when_elected()
         b = self.candidate("host-b:2", endpoints=list(reversed(self.urls)))
@@ -360,7 +393,12 @@ class ClusterElectionTests(ElectionTestsMixin, TestCase):
         else:
             victim = self.urls.index(a.client.endpoint)
         killed = time.monotonic()
-        self.cluster.kill(victim)
+        if pause:
+            member = self.cluster.members[victim]
+            self.addCleanup(member.resume)
+            member.pause()
+        else:
+            self.cluster.kill(victim)
 
         def settled():
             # Leadership kept (a lease renewed through another member after the
@@ -379,6 +417,15 @@ class ClusterElectionTests(ElectionTestsMixin, TestCase):
         others, and never do both candidates act.
         """
         yield self.lose_connected_member(False)
+
+    @inlineCallbacks
+    def test_member_frozen(self):
+        """
+        The member the leader's client talks to freezes (SIGSTOP: connections stay
+        open, nothing is answered): each keepalive's own time limit (ttl/3, shorter
+        than the client's) moves it on to another member in time.
+        """
+        yield self.lose_connected_member(False, pause=True)
 
     @inlineCallbacks
     def test_cluster_leader_lost(self):
