@@ -25,6 +25,7 @@ import os
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 
 from shim import keys
 from shim.config import load_config
@@ -383,13 +384,22 @@ class DeepJSONTests(ReconcileCase):
         logged, counted as bad values and skipped; start-up and the resyncs complete
         and binds go on.
         """
+        skipped = []
+
+        def observe(event):
+            if event.get("log_format", "").startswith("skipping {key}"):
+                skipped.append((event["key"], event["revision"]))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         deep = b"[" * 5000
-        yield self.client.put(keys.proton_key(keys.PORT, "deep"), deep)
+        put = yield self.client.put(keys.proton_key(keys.PORT, "deep"), deep)
         yield self.client.put(keys.proton_key(keys.VPN_INSTANCE, "deep-vpn"), deep)
         backend = RecordingBackend()
         shim = yield self.shims.start(backend)
         bad = lambda: self.metric(shim, "shim_bad_input_total", reason="bad_value")
         self.assertEqual(bad(), 2)
+        self.assertIn((keys.proton_key(keys.PORT, "deep"), put.revision), skipped)
         self.assertNotIn("deep", shim.model.ports)
         yield self.make_vpn()
         yield self.make_port("p1")
@@ -662,13 +672,19 @@ def _reactor():
 
 
 class ClusterChangeTests(ReconcileCase):
+    """
+    Case 9 (cluster change): etcd replaced by a new cluster whose revisions are far
+    lower, while old-cluster work is queued behind a hung bind.
+    """
+
     @inlineCallbacks
-    def test_old_work_discarded_new_revisions_applied(self):
+    def replace_cluster(self):
         """
-        Case 9 (cluster change): etcd replaced by a new cluster whose revisions are
-        far lower, while old-cluster work is queued behind a hung bind: the old work
-        is discarded, and the new cluster's changes (at lower revisions than the old
-        cluster's) are applied and reach the backend.
+        Bind p1; hang the bind of port C{slow} and queue old-cluster changes of it
+        behind; then replace etcd with a new cluster holding the same objects (C{slow}
+        renamed C{new-cluster}) at far lower revisions.
+
+        @return: C{(shim, backend, held binds, the old cluster's last revision)}.
         """
         old = self.etcd
         backend = RecordingBackend()
@@ -721,12 +737,21 @@ class ClusterChangeTests(ReconcileCase):
         yield wait_for(lambda: shim.ready, timeout=30, what="the shim to be ready")
         self.assertEqual(self.metric(shim, "shim_resyncs_total",
                                      cause="cluster_changed"), 1)
+        return shim, backend, held, old_status.revision
+
+    @inlineCallbacks
+    def test_old_work_discarded_new_revisions_applied(self):
+        """
+        The old work is discarded, and the new cluster's changes (at lower revisions
+        than the old cluster's) are applied and reach the backend.
+        """
+        shim, backend, held, old_revision = yield self.replace_cluster()
         held["slow"].callback(dict(VIF))
         # New-cluster changes, at revisions far below the old cluster's.
         yield self.proton.put_object(keys.PORT, "p1", port_attrs(
             "p1", "compute1", "vm1", name="renamed-in-new-cluster"))
         status = yield self.client.status()
-        self.assertLess(status.revision, old_status.revision)
+        self.assertLess(status.revision, old_revision)
         yield self.settled(shim)
         self.assertEqual(shim.model.ports["p1"]["name"], "renamed-in-new-cluster")
         self.assertEqual(shim.model.ports["slow"]["name"], "new-cluster")
@@ -742,6 +767,22 @@ class ClusterChangeTests(ReconcileCase):
         for uuid in ("p1", "slow"):
             result = yield read_result(self.client, uuid)
             self.assertEqual(result["controller"], "SimServer")
+
+    @inlineCallbacks
+    def test_old_bind_failing_after_change(self):
+        """
+        The old cluster's bind fails after the new cluster's snapshot asked for the
+        port: the port is bound by a retry, not left until the next periodic resync.
+        """
+        shim, backend, held, _ = yield self.replace_cluster()
+        backend.answers["bind_port"] = lambda uuid, *a: dict(VIF)
+        held["slow"].errback(RuntimeError("controller lost"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        yield wait_for(lambda: self.result_is("slow", lambda r: r.get("controller")),
+                       what="the bind of slow retried")
+        yield self.settled(shim)
+        self.assertEqual(shim.model.ports["slow"].binding, BOUND)
+        self.assertEqual(backend.called("bind_port", "slow"), 2)
 
     def settled_except(self, shim, busy):
         """
