@@ -92,7 +92,10 @@ class ResultWriter:
             replaces this one.
         """
         if delay:
+            # A release supersedes any write of ours still pending: a result retried
+            # after the port left must never land over the gaining shim's.
             self._drop(uuid)
+            self.pending.pop(uuid, None)
             self.delayed[uuid] = self._clock.callLater(
                 delay, self._want, uuid, (CLEAR, EMPTY, None)
             )

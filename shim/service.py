@@ -61,6 +61,7 @@ class ShimService(Service):
         self.model.epoch = None
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.watch_model(self.model)
+        self._own_client = client is None
         self.client = client if client is not None else _client_for(config, reactor)
         self.backend = BackendCaller(
             backend, config.backend_timeout, reactor, self.metrics,
@@ -116,7 +117,8 @@ class ShimService(Service):
         self.queue.pause()
 
     def snapshot_applied(self, first, results):
-        if first and not self._looked_elsewhere and not any(self.model.counts().values()):
+        if (first and self._own_client and not self._looked_elsewhere
+                and not any(self.model.counts().values())):
             self._looked_elsewhere = True
             self.reactor.callLater(0, self._look_at_other_api)
         self.controller.snapshot_applied(first, results)
