@@ -567,11 +567,11 @@ class ProtonClient:
         watches = [watch]
         stopping = []
 
-        def interrupted(why):
+        def interrupted(why, detail=None):
             if not answered.called and not stopping:
                 answered.errback(BindInterrupted(
-                    "watch on %s ended before a bind result came: %s" % (ckey, why),
-                    why))
+                    "watch on %s ended before a bind result came: %s"
+                    % (ckey, detail or why), why))
 
         @inlineCallbacks
         def resume():
@@ -586,7 +586,8 @@ class ProtonClient:
                     return
                 again = yield self._open_watch(ckey, found.revision + 1, on_event)
             except (EtcdError, ProtonError) as e:
-                interrupted(getattr(e, "reason", None) or "compacted, then %s" % (e,))
+                interrupted(getattr(e, "reason", None) or "compacted",
+                            "compacted, then %s" % (e,))
                 return
             watches.append(again)
             if stopping:
