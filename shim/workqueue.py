@@ -221,9 +221,12 @@ class WorkQueue:
     def _finished(self, outcome, key, generation):
         self._running.discard(key)
         if generation != self._generation:
-            # Discarded meanwhile: a new cluster's snapshot marks what it needs.
-            self._again.pop(key, None)
-            if key in self._dirty:
+            # Discarded meanwhile: the outcome belongs to the old cluster and is not
+            # retried; a mark made since (the new snapshot's) is kept.
+            again = self._again.pop(key, None)
+            if again is not None and key not in self._dirty:
+                self._dirty[key] = again
+            if self._dirty:
                 self._schedule()
             elif self._is_idle():
                 self._wake_idle()
