@@ -507,9 +507,13 @@ class SingleEtcdHATests(HATestsMixin, TestCase):
         """
         a, b = yield self.pair(self.endpoints)
         client, proton = self.proton_on(self.endpoints)
+        status = yield client.status()
+        results = yield self.watch_results(client, status.revision)
         binder = Binder(proton, "k").start()
         yield wait_for(lambda: len(binder.outcomes) >= 5, "binds before the kill")
         yield a.kill()
+        # The standby wrote no result while the acting shim lived.
+        self.assertEqual(set(pid for pid, _ in results), {a.pid})
         # Binds asked from now on cannot have been seen by the dead shim.
         killed = time.monotonic()
         yield b.wait_role("leader")
