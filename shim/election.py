@@ -148,6 +148,7 @@ class Election(object):
         self._backoff = Backoff(initial=0.1, maximum=max(1.0, self.ttl / 3.0))
         self._keepalive_paused = False
         self._keepalive_failures = 0
+        self._v2_only_logged = float("-inf")
         self.other_groups = set()
         self._waiting = []
         self._announced = None
@@ -375,8 +376,18 @@ class Election(object):
 
     def _retry(self, what, error):
         delay = self._backoff.next_delay()
-        log.warn("election {key}: {what} failed ({error}); campaigning again in"
-                 " {delay:.1f} s", key=self.key, what=what, error=error, delay=delay)
+        if "no v3 JSON gateway" in error:
+            # etcd 2.x: no leases, no transactions.  Say what to do, once a minute
+            # at most (the backoff's cap is short).
+            if self._reactor.seconds() >= self._v2_only_logged + 60:
+                self._v2_only_logged = self._reactor.seconds()
+                log.error("election {key}: etcd has no v3 API ({error}): the election"
+                          " needs etcd 3.x; on etcd 2.x set [election] enabled = false"
+                          " and run one shim per group (docs/ha.md). Not acting;"
+                          " trying again.", key=self.key, error=error)
+        else:
+            log.warn("election {key}: {what} failed ({error}); campaigning again in"
+                     " {delay:.1f} s", key=self.key, what=what, error=error, delay=delay)
         self._campaign_soon(delay)
 
     @inlineCallbacks
@@ -423,7 +434,32 @@ class Election(object):
         else:
             self._revoke(lease.id)
             owner = [kv for kv in group if kv.key == self.key]
+            if owner and not owner[0].lease:
+                # A key without a lease never expires: copied from another cluster or
+                # written by hand, it would keep the group without a leader for ever.
+                yield self._clear_stale(owner[0], generation)
+                return
             self._stand_by(_text(owner[0].value) if owner else None, result.revision)
+
+    @inlineCallbacks
+    def _clear_stale(self, kv, generation):
+        """
+        Delete an election key that has no lease (only as it was read), and campaign
+        again.
+        """
+        log.warn("election {key}: the key names {owner} but has no lease, so it would "
+                 "never expire (restored or copied from elsewhere?); deleting it",
+                 key=self.key, owner=_text(kv.value))
+        try:
+            yield self._track(self._client.txn(
+                compare=[Compare.mod_revision(self.key, "==", kv.mod_revision)],
+                success=[Op.delete(self.key)]))
+        except Exception as e:
+            if generation == self._generation:
+                self._retry("deleting a key without a lease", _describe(e))
+            return
+        if generation == self._generation:
+            self._campaign_soon(0)
 
     def _note_groups(self, keys):
         """Warn once about each other group under our controller name."""

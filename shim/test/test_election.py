@@ -10,6 +10,8 @@ import time
 
 from twisted.internet import reactor, task
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.web import resource, server
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -346,6 +348,34 @@ class SilentEndpointTests(ElectionTestsMixin, EtcdServerMixin, TestCase):
         self.assertEqual(a.client.endpoint, self.etcd.client_url)
         yield wait_for(lambda: a.deadline > switched + a.granted_ttl + 1,
                        what="a keepalive succeeding after the failure")
+
+
+class NoV3Tests(ElectionTestsMixin, TestCase):
+    """An etcd without the v3 API (etcd 2.x answers 404 under /v3 and /v3beta)."""
+
+    @inlineCallbacks
+    def test_says_what_to_do(self):
+        """
+        The candidate is never elected, and says once, as an error, that the election
+        needs etcd 3.x and how to run without it.
+        """
+        site = server.Site(resource.NoResource())
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        a = self.candidate("host-a:1",
+                           endpoints=["http://127.0.0.1:%d" % (port.getHost().port,)])
+
+        def errors():
+            return [e for e in events if e.get("log_level") == LogLevel.error
+                    and "no v3 API" in e.get("log_format", "")]
+        yield wait_for(errors, what="the error about etcd 2.x")
+        self.assertIn("[election] enabled = false", errors()[0]["log_format"])
+        self.assertEqual(a.role, STANDBY)
+        self.assertFalse(a.acting())
+        self.assertEqual(a.elections_won, 0)
 
 
 class TTLTests(ElectionTestsMixin, EtcdServerMixin, TestCase):
