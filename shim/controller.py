@@ -232,12 +232,16 @@ class Controller:
     def _restore(self, ours):
         """
         After a restart or a takeover: the backend is taken to hold what the results
-        naming us say.  Service-level callbacks are not replayed.
+        naming us say.  Service-level callbacks are not replayed.  What this shim
+        told the backend itself before (it acted, stood by, and acts again) is kept
+        where no result says otherwise: a port it bound that is gone meanwhile still
+        gets its C{delete_port}.
         """
         for uuid, value in ours.items():
-            if uuid in self.told:
-                continue
             result = bindresult.decode(value)
+            told = self.told.get(uuid)
+            if told is not None and told.result is not None and told.result == result:
+                continue
             if result is None:
                 continue
             port = self.model.ports.get(uuid)

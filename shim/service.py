@@ -252,7 +252,6 @@ class ShimService(Service):
             "acting for {controller} (epoch {epoch}): reconciling every port from the "
             "bind results in etcd", controller=self.config.controller_name, epoch=epoch,
         )
-        self.controller.forget_all()
         if self.follower.synchronised:
             self.follower.request_resync("takeover", restore=True)
         # Else the first synchronisation restores and resumes.
@@ -268,7 +267,6 @@ class ShimService(Service):
         self.log.debug("standing by: no longer acting ({reason})", reason=reason)
         self.queue.pause()
         self.writer.cancel_all()
-        self.controller.forget_all()
 
     def step_down(self):
         """
@@ -280,7 +278,6 @@ class ShimService(Service):
         was = self.role
         self.queue.pause()
         self.writer.cancel_all()
-        self.controller.forget_all()
         d = self.election.resign()
         self.role = STANDBY
         self.model.epoch = None

@@ -160,6 +160,22 @@ class ElectionTests(ElectionTestsMixin, EtcdServerMixin, TestCase):
         self.assertEqual(a.hooks.roles, [LEADER])
 
     @inlineCallbacks
+    def test_key_without_lease_cleared(self):
+        """
+        An election key without a lease (copied from another cluster, restored from a
+        backup, written by hand) would never expire: a candidate deletes it, as it
+        read it, and is elected.
+        """
+        observer = self.observer()
+        yield observer.put(KEY, b"restored-from-elsewhere:1")
+        a = self.candidate("host-a:1")
+        epoch = yield a.when_elected()
+        found = yield observer.get(KEY)
+        self.assertEqual(found.kvs[0].value, b"host-a:1")
+        self.assertEqual(found.kvs[0].lease, a.lease_id)
+        self.assertEqual(a.epoch, epoch)
+
+    @inlineCallbacks
     def test_second_waits(self):
         """
         A second candidate stands by: it does not act, it knows who leads, and the key
