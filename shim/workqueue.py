@@ -125,7 +125,7 @@ class WorkQueue:
     def idle(self):
         """
         A Deferred that fires when no key is dirty or being reconciled (keys waiting
-        for a retry do not count).
+        for a retry do not count; while paused, only the running workers count).
         """
         d = Deferred()
         if self._is_idle():
@@ -135,12 +135,18 @@ class WorkQueue:
         return d
 
     def _is_idle(self):
+        if self.paused:
+            # Paused (a standby, or stopping): what is marked waits; only the workers
+            # running now keep the queue busy.
+            return not self._running
         return not self._dirty and not self._running and not self._again
 
     # -- control
 
     def pause(self):
         self.paused = True
+        if self._is_idle():
+            self._wake_idle()
 
     def resume(self):
         self.paused = False

@@ -337,12 +337,22 @@ class ControlTests(WorkQueueCase):
         self.assertEqual(self.reconcile.runs, ["a", "a"])
 
     def test_discard_wakes_idle(self):
-        self.queue.pause()
         self.queue.mark("a")
         idle = self.queue.idle()
         self.assertNoResult(idle)
         self.queue.discard()
         self.successResultOf(idle)
+
+    def test_paused_idle_counts_running_only(self):
+        """
+        Paused (a standby, or a shim stopping), the queue is idle once no worker
+        runs: keys marked meanwhile wait for a resume, and stopping does not wait for
+        them.
+        """
+        self.queue.mark("a")
+        self.queue.pause()
+        self.successResultOf(self.queue.idle())
+        self.assertEqual(self.queue.depth, 1)
 
     def test_pause_resume(self):
         """
