@@ -72,6 +72,7 @@ class ShimService(Service):
         self._election_client = election_client
         self._stepping_down = None
         self._looked_elsewhere = False
+        self._looking = None
         self.writer = self.results = ResultWriter(
             self.client, self.schema, config.controller_name, reactor, self.metrics,
             acting=self.acting, fence=self._fence,
@@ -120,7 +121,7 @@ class ShimService(Service):
         if (first and self._own_client and not self._looked_elsewhere
                 and not any(self.model.counts().values())):
             self._looked_elsewhere = True
-            self.reactor.callLater(0, self._look_at_other_api)
+            self._looking = self._look_at_other_api()
         self.controller.snapshot_applied(first, results)
         if self.acting() and self.running:
             self.queue.resume()
@@ -149,8 +150,9 @@ class ShimService(Service):
         else:
             client = EtcdClient(**kwargs)
         try:
-            found = yield client.get(
+            self._looking_get = client.get(
                 self.schema.proton_key(self.schema.port, ""), prefix=True, limit=1)
+            found = yield self._looking_get
             if found.kvs or found.count:
                 self.log.warn(
                     "nothing under /proton/ over etcd's {api} API, but the {other} API "
@@ -342,6 +344,12 @@ class ShimService(Service):
         self.queue.pause()
         if self._stepping_down is not None and self._stepping_down.active():
             self._stepping_down.cancel()
+        if self._looking is not None:
+            # The look at the other API, if still waiting on an unreachable etcd.
+            get = getattr(self, "_looking_get", None)
+            if get is not None and not get.called:
+                get.cancel()
+            yield self._looking
         yield self.follower.stop()
         # The callbacks first: a bind that finishes asks for a write.
         settled = self.queue.idle()

@@ -376,13 +376,16 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         watch = client.watch("/b/", None, events.append)
         yield watch.started
         yield wait_for(lambda: watch._protocol is not None, "the stream")
-        watch._protocol.transport.pauseProducing()
+        # The watch may end (its probe finds the stream dropped) before the test
+        # resumes reading: keep the transport itself.
+        transport = watch._protocol.transport
+        transport.pauseProducing()
         big = b"v" * (64 * 1024)
         semaphore = defer.DeferredSemaphore(8)
         results = yield defer.gatherResults([
             semaphore.run(client.put, "/b/k%03d" % (i,), big) for i in range(500)])
         written = sorted(r.revision for r in results)
-        watch._protocol.transport.resumeProducing()
+        transport.resumeProducing()
         ended = yield watch.done
         self.assertEqual(ended.reason, "connection_lost")
         self.assertIn("dropped this v2 watcher", str(ended.error))
