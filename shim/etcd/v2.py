@@ -26,21 +26,16 @@ from urllib.parse import urlencode
 from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks, returnValue
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, ResponseDone
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 import treq
-from treq.client import HTTPClient
 
 from shim.etcd import v2wire, wire
-from shim.etcd.client import _CONNECTION_ERRORS, _QuietPool, _TLSPolicy, _tls_problem
-from shim.etcd.errors import (
-    ConnectionFailed, EtcdError, TLSFailed, Timeout, describe_failure)
+from shim.etcd.errors import ConnectionFailed, EtcdError, Timeout, describe_failure
+from shim.etcd.transport import Transport
 from shim.etcd.v2watch import V2Watch
-
-log = Logger()
 
 _FORM = b"application/x-www-form-urlencoded"
 
@@ -99,9 +94,10 @@ class _BodyReader(Protocol):
                 % (self._describe, describe_failure(reason))))
 
 
-class EtcdV2Client(object):
+class EtcdV2Client(Transport):
     """
     A client of etcd's v2 keys API. Every call returns a Deferred.
+    Endpoints, TLS, connections and failover are L{Transport}'s, as with v3.
 
     @ivar cluster_id: the cluster id (decimal str, as v3 gives it) of the last
         answer seen, or None before any.
@@ -109,65 +105,18 @@ class EtcdV2Client(object):
         it must be readable by our user (with v2 auth, say C{"/proton/"}).
     """
 
-    maxConcurrentCalls = 32
-    maxPersistentPerHost = 32
-
     def __init__(self, endpoints=("http://127.0.0.1:2379",), timeout=5.0,
                  username=None, password=None,
                  ca_file=None, cert_file=None, key_file=None, reactor=None,
                  status_key="/"):
-        if reactor is None:
-            from twisted.internet import reactor
-        self._reactor = reactor
-        if isinstance(endpoints, (str, bytes)):
-            endpoints = endpoints.decode() if isinstance(endpoints, bytes) else endpoints
-            endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
-        self._endpoints = [e.rstrip("/") for e in endpoints]
-        if not self._endpoints:
-            raise ValueError("EtcdV2Client needs at least one endpoint")
-        for endpoint in self._endpoints:
-            if not endpoint.startswith(("http://", "https://")):
-                raise ValueError("etcd endpoint %r must start with http:// or https://"
-                                 % (endpoint,))
-        if cert_file and not key_file:
-            key_file = cert_file
-        self.timeout = float(timeout)
+        Transport.__init__(self, endpoints, timeout, ca_file, cert_file, key_file,
+                           reactor)
         self.status_key = status_key
-        self._current = 0
         self._username = username
         self._authorization = None
         if username is not None:
             pair = ("%s:%s" % (username, password or "")).encode("utf-8")
             self._authorization = b"Basic " + base64.b64encode(pair)
-        self.cluster_id = None
-        self._watches = set()
-
-        kwargs = {}
-        if ca_file or cert_file:
-            kwargs["contextFactory"] = _TLSPolicy(ca_file, cert_file, key_file)
-        self._pool = _QuietPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = self.maxPersistentPerHost
-        self._pool.retryAutomatically = False
-        self._slots = defer.DeferredSemaphore(self.maxConcurrentCalls)
-        self._http = HTTPClient(Agent(reactor, pool=self._pool, **kwargs))
-        self._stream_pool = _QuietPool(reactor, persistent=False)
-        self._stream_http = HTTPClient(Agent(reactor, pool=self._stream_pool, **kwargs))
-
-    def __repr__(self):
-        return "<EtcdV2Client %s>" % (",".join(self._endpoints),)
-
-    @property
-    def endpoint(self):
-        """The endpoint calls go to now."""
-        return self._endpoints[self._current]
-
-    def skip_endpoint(self, endpoint):
-        """
-        C{endpoint} let us down (a watch on it broke or went silent): if calls still
-        go to it, send them to the next endpoint first from now on.
-        """
-        if len(self._endpoints) > 1 and self.endpoint == endpoint:
-            self._current = (self._current + 1) % len(self._endpoints)
 
     # -- plumbing -------------------------------------------------------
 
@@ -200,62 +149,19 @@ class EtcdV2Client(object):
         d = http.request(method, endpoint + path, data=data,
                          headers=self._headers(form=data is not None), unbuffered=True)
         d.addTimeout(timeout, self._reactor)
+        return d.addErrback(self._connection_problem, call, endpoint)
 
-        def failed(f):
-            if f.check(defer.TimeoutError, defer.CancelledError):
-                raise Timeout(None, "etcd %s at %s: no answer within %.1f s"
-                              % (call, endpoint, self.timeout))
-            tls = _tls_problem(f.value)
-            if tls is not None:
-                raise TLSFailed(None, "etcd %s at %s: TLS handshake failed: %s"
-                                % (call, endpoint, tls))
-            if f.check(*_CONNECTION_ERRORS):
-                raise ConnectionFailed(None, "etcd %s at %s: cannot reach etcd: %s"
-                                       % (call, endpoint, describe_failure(f)))
-            return f
-        return d.addErrback(failed)
-
-    @inlineCallbacks
     def _send(self, call, method, path, data=None, http=None, tries=None):
         """
         Send to the current endpoint, moving on to the next ones when one cannot be
-        reached (the first gets a second try at the end: a pooled connection the
-        server closed fails once). Fires with (endpoint, response) once the
-        response's headers arrived; the body is the caller's to read.
+        reached (see L{Transport._failover}). Fires with (endpoint, response) once
+        the response's headers arrived; the body is the caller's to read.
         """
         http = http or self._http
-        deadline = self._reactor.seconds() + self.timeout
-        count = len(self._endpoints)
-        problems = []
-        all_tls = True
-        for attempt in range(count + 1 if tries is None else tries):
-            index = (self._current + attempt) % count
-            endpoint = self._endpoints[index]
-            remaining = deadline - self._reactor.seconds()
-            if remaining <= 0:
-                raise Timeout(None, "etcd %s: no answer within %.1f s (%s)"
-                              % (call, self.timeout, "; ".join(problems)))
-            try:
-                response = yield self._send_once(http, endpoint, method, path, data,
-                                                 call, remaining)
-            except ConnectionFailed as e:
-                problems.append(e.message)
-                all_tls = all_tls and isinstance(e, TLSFailed)
-                continue
-            except Timeout:
-                if count > 1:
-                    self._current = (index + 1) % count
-                raise
-            if index != self._current:
-                log.info("etcd: switching to endpoint {endpoint} for {call}",
-                         endpoint=endpoint, call=call)
-                self._current = index
-            returnValue((endpoint, response))
-        if all_tls and problems:
-            raise TLSFailed(None, "etcd %s: TLS failed with every endpoint: %s"
-                            % (call, "; ".join(dict.fromkeys(problems))))
-        raise ConnectionFailed(None, "etcd %s: no endpoint reachable: %s"
-                               % (call, "; ".join(problems)))
+
+        def send(endpoint, remaining):
+            return self._send_once(http, endpoint, method, path, data, call, remaining)
+        return self._failover(call, send, tries)
 
     def _read(self, response, feed, describe, idle=-1):
         """
@@ -557,14 +463,7 @@ class EtcdV2Client(object):
                         prev_kv=prev_kv, progress_notify=progress_notify,
                         idle_timeout=idle_timeout, on_progress=on_progress,
                         reactor=self._reactor)
-        self._watches.add(watch)
-        watch.done.addBoth(self._watch_done, watch)
-        watch._start()
-        return watch
-
-    def _watch_done(self, result, watch):
-        self._watches.discard(watch)
-        return result
+        return self._run_watch(watch)
 
     def txn(self, compare=(), success=(), failure=()):
         raise NotImplementedError("etcd v2 has no transactions: use put_if/delete_if")
@@ -581,12 +480,6 @@ class EtcdV2Client(object):
 
     def lease_revoke(self, lease_id):
         raise NotImplementedError("etcd v2 has no leases (only per-key TTLs)")
-
-    def close(self):
-        """Stop every watch and close pooled connections; fires when done."""
-        ds = [watch.stop() for watch in list(self._watches)]
-        ds.append(self._pool.closeCachedConnections())
-        return defer.DeferredList(ds, consumeErrors=True).addCallback(lambda _: None)
 
 
 def _no_guard(call, key, guard):
