@@ -34,7 +34,6 @@ timeout on a quiet store would end a healthy watch, so keep it off (None).
 
 from urllib.parse import urlencode
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from shim.etcd import v2wire
@@ -66,35 +65,12 @@ class V2Watch(Watch):
     def __init__(self, client, key, start_revision, on_event, prefix=True,
                  prev_kv=False, progress_notify=True, idle_timeout=None,
                  on_progress=None, reactor=None):
-        if reactor is None:
-            from twisted.internet import reactor
-        self._reactor = reactor
-        self._client = client
-        self.key = key
-        self.start_revision = start_revision
-        self._on_event = on_event
-        self._on_progress = on_progress
-        self._prev_kv = prev_kv
-        self._recursive = prefix
+        Watch.__init__(self, client, key, start_revision, on_event, prefix=prefix,
+                       prev_kv=prev_kv, progress_notify=progress_notify,
+                       idle_timeout=idle_timeout, on_progress=on_progress,
+                       reactor=reactor)
         self._next = int(start_revision) if start_revision else None
-        self.last_revision = (self._next - 1) if self._next else 0
-        self._idle_timeout = idle_timeout
-        self._path = v2wire.key_path(key)
-        self._call = "watch %r" % (key,)
-        self.started = defer.Deferred()
-        self.done = defer.Deferred()
-        self.endpoint = None
-        self.watch_id = None
-        self.events_seen = 0
         self.reopens = 0
-        self._parser = WatchStreamParser(self._message)
-        self._protocol = None
-        self._opening = None
-        self._ending = None
-        self._watchdog = None
-        self._grace = None
-        self._token = None
-        self._last_activity = 0.0
         self._store_index = 0
         self._live = False
         self._reopening = False
@@ -103,17 +79,16 @@ class V2Watch(Watch):
         self._check_timer = None
         self.probes = 0
 
-    def __repr__(self):
-        return "<V2Watch %r from %s last_revision=%d>" % (
-            self.key, self.start_revision, self.last_revision)
+    def _ask(self, prefix, prev_kv, progress_notify):
+        """v2 has no request body: the directory's path and the options of a wait."""
+        self._prev_kv = prev_kv
+        self._recursive = prefix
+        self._path = v2wire.key_path(self.key)
 
     # -- life cycle -----------------------------------------------------
 
     def _start(self):
-        self._last_activity = self._reactor.seconds()
-        if self._idle_timeout:
-            self._watchdog = self._reactor.callLater(self._idle_timeout, self._check_idle)
-        self._open()
+        Watch._start(self)
         self._probe_timer = self._reactor.callLater(self.probe_interval, self._tick)
 
     def _open(self):

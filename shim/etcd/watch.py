@@ -160,11 +160,9 @@ class Watch(object):
         self.start_revision = start_revision
         self._on_event = on_event
         self._on_progress = on_progress
-        self._from_now = not start_revision
         self.last_revision = (int(start_revision) - 1) if start_revision else 0
         self._idle_timeout = idle_timeout
-        self._request = wire.encode(wire.watch_create_request(
-            key, start_revision, prefix, prev_kv, progress_notify))
+        self._ask(prefix, prev_kv, progress_notify)
         self._call = "watch %r" % (key,)
         self.started = defer.Deferred()
         self.done = defer.Deferred()
@@ -180,9 +178,15 @@ class Watch(object):
         self._token = None
         self._last_activity = 0.0
 
+    def _ask(self, prefix, prev_kv, progress_notify):
+        """Make the request that opens the watch (a subclass asks its own way)."""
+        self._from_now = not self.start_revision
+        self._request = wire.encode(wire.watch_create_request(
+            self.key, self.start_revision, prefix, prev_kv, progress_notify))
+
     def __repr__(self):
-        return "<Watch %r from %s last_revision=%d>" % (
-            self.key, self.start_revision, self.last_revision)
+        return "<%s %r from %s last_revision=%d>" % (
+            type(self).__name__, self.key, self.start_revision, self.last_revision)
 
     # -- life cycle -----------------------------------------------------
 
@@ -190,6 +194,10 @@ class Watch(object):
         self._last_activity = self._reactor.seconds()
         if self._idle_timeout:
             self._watchdog = self._reactor.callLater(self._idle_timeout, self._check_idle)
+        self._open()
+
+    def _open(self):
+        """Open the stream (once: a v3 watch is one stream)."""
         self._token = self._client._token
         self._opening = self._client._open_stream(self._call, "/watch", self._request)
         self._opening.addCallbacks(self._opened, self._open_failed)
