@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from shim import keys
 from shim.config import load_config
-from shim.etcd import EtcdClient
+from shim.etcd import EtcdClient, MessageTooLarge, watch as watch_module
 from shim.interfaces import IBackend
 from shim.proton import ProtonClient
 from shim.service import ShimService
@@ -212,3 +212,23 @@ def never():
     A Deferred that never fires (for a backend that hangs).
     """
     return Deferred()
+
+
+@inlineCallbacks
+def check_watch_too_large(testcase, client):
+    """
+    Check, with either etcd client: a value bigger than the (lowered) cap on one
+    watch message ends a real watch with "too_large", the events before it
+    delivered.
+    """
+    testcase.patch(watch_module, "MAX_WATCH_MESSAGE", 64 * 1024)
+    events = []
+    watch = client.watch("/big/", None, events.append)
+    yield watch.started
+    small = yield client.put("/big/a", b"x" * 1000)
+    yield client.put("/big/b", b"y" * 100 * 1024)
+    ended = yield watch.done
+    testcase.assertEqual(ended.reason, "too_large")
+    testcase.assertIsInstance(ended.error, MessageTooLarge)
+    testcase.assertEqual([e.mod_revision for e in events], [small.revision])
+    testcase.assertEqual(watch.last_revision, small.revision)

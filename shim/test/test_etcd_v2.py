@@ -10,35 +10,20 @@ import ssl
 import urllib.error
 import urllib.request
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from shim.etcd import (
     AuthFailed, CasResult, Compacted, ConnectionFailed, EtcdError, EtcdV2Client,
-    KeyValue, MessageTooLarge, TLSFailed, WatchEvent)
-from shim.etcd import v2wire, watch as watch_module
+    KeyValue, TLSFailed, WatchEvent)
+from shim.etcd import v2wire
 from shim.etcd.v2watch import V2Watch
 from shim.test.certs import make_pki
 from shim.test.etcdserver import EtcdServerMixin, refused_url, start_etcd
+from shim.test.support import check_watch_too_large, sleep, wait_for
 
 V2_ARGS = {"extra_args": ["--enable-v2=true"]}
-
-
-def sleep(seconds):
-    from twisted.internet import reactor
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-@inlineCallbacks
-def wait_for(condition, what, timeout=20.0):
-    """Poll C{condition} until true; fail after C{timeout} seconds (a safety net)."""
-    from twisted.internet import reactor
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError("gave up waiting for %s" % (what,))
-        yield sleep(0.02)
 
 
 @inlineCallbacks
@@ -306,7 +291,7 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         watch = client.watch("/w/", snapshot.revision + 1, events.append)
         yield watch.started
         live = yield puts(client, ["/w/n%d" % (i,) for i in range(3)], b"c")
-        yield wait_for(lambda: watch.last_revision >= live[-1], "the live events")
+        yield wait_for(lambda: watch.last_revision >= live[-1], what="the live events")
         # One stream for each event of the backlog (the live writes may have
         # joined it), then one stream for the rest.
         self.assertGreaterEqual(watch.reopens, 4)
@@ -315,7 +300,7 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         resumed = client.watch("/w/", watch.last_revision + 1, events.append)
         yield resumed.started
         deleted = yield client.delete("/w/k0")
-        yield wait_for(lambda: resumed.last_revision >= deleted.revision, "resumed")
+        yield wait_for(lambda: resumed.last_revision >= deleted.revision, what="resumed")
         yield resumed.stop()
         self.assertEqual([e.mod_revision for e in events],
                          behind + live + away + [deleted.revision])
@@ -336,7 +321,7 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         self.assertEqual(watch.last_revision, (yield client.status()).revision)
         yield client.put("/d/sub/k0", b"y")
         deleted = yield client.delete("/d/sub/", prefix=True)
-        yield wait_for(lambda: len(events) == 2, "two events")
+        yield wait_for(lambda: len(events) == 2, what="two events")
         self.assertEqual(events[0].prev_value, b"x")
         self.assertEqual(events[1], WatchEvent("DELETE", "/d/sub/", None,
                                                deleted.revision, None))
@@ -375,7 +360,7 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         events = []
         watch = client.watch("/b/", None, events.append)
         yield watch.started
-        yield wait_for(lambda: watch._protocol is not None, "the stream")
+        yield wait_for(lambda: watch._protocol is not None, what="the stream")
         # The watch may end (its probe finds the stream dropped) before the test
         # resumes reading: keep the transport itself.
         transport = watch._protocol.transport
@@ -391,7 +376,7 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         self.assertIn("dropped this v2 watcher", str(ended.error))
         self.assertLess(len(events), 500)
         resumed = client.watch("/b/", watch.last_revision + 1, events.append)
-        yield wait_for(lambda: resumed.last_revision >= written[-1], "the rest")
+        yield wait_for(lambda: resumed.last_revision >= written[-1], what="the rest")
         yield resumed.stop()
         self.assertEqual([e.mod_revision for e in events], written)
 
@@ -406,29 +391,19 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         events = []
         watch = client.watch("/q/", None, events.append)
         yield watch.started
-        yield wait_for(lambda: watch.probes >= 1, "a check")
+        yield wait_for(lambda: watch.probes >= 1, what="a check")
         yield client.put("/other", b"x")
         yield sleep(0.5)
         put = yield client.put("/q/k", b"1")
-        yield wait_for(lambda: watch.probes >= 2, "a second check")
+        yield wait_for(lambda: watch.probes >= 2, what="a second check")
         yield sleep(0.5)
         self.assertFalse(watch.done.called)
         self.assertEqual([e.mod_revision for e in events], [put.revision])
         self.assertEqual((yield watch.stop()).reason, "stopped")
 
-    @inlineCallbacks
     def test_too_large(self):
-        self.patch(watch_module, "MAX_WATCH_MESSAGE", 64 * 1024)
-        client = self.make_v2_client()
-        events = []
-        watch = client.watch("/big/", None, events.append)
-        yield watch.started
-        small = yield client.put("/big/a", b"x" * 1000)
-        yield client.put("/big/b", b"y" * 100 * 1024)
-        ended = yield watch.done
-        self.assertEqual(ended.reason, "too_large")
-        self.assertIsInstance(ended.error, MessageTooLarge)
-        self.assertEqual([e.mod_revision for e in events], [small.revision])
+        """As with v3: an event bigger than the (lowered) cap ends the watch."""
+        return check_watch_too_large(self, self.make_v2_client())
 
     @inlineCallbacks
     def test_failover(self):
@@ -508,7 +483,7 @@ class V2AuthTests(EtcdServerMixin, TestCase):
         written = yield client.put_if("/controller/net/Port/p2", b'{"vif_type":"x"}', 0)
         self.assertTrue(written.succeeded)
         change = yield root.put("/proton/net/Port/p2", b'{"a":1}')
-        yield wait_for(lambda: events, "the event")
+        yield wait_for(lambda: events, what="the event")
         self.assertEqual(events[0].mod_revision, change.revision)
         yield watch.stop()
         yield self.assertFailure(client.put("/proton/net/Port/p2", b"x"), AuthFailed)
@@ -553,7 +528,7 @@ class V2TLSTests(TestCase):
         watch = client.watch("/t/", first.revision, events.append)
         yield watch.started
         second = yield client.put("/t/b", b"2")
-        yield wait_for(lambda: len(events) == 2, "two events")
+        yield wait_for(lambda: len(events) == 2, what="two events")
         self.assertEqual([e.mod_revision for e in events],
                          [first.revision, second.revision])
         self.assertEqual((yield client.get_all("/t/")).count, 2)

@@ -15,22 +15,7 @@ from shim.etcd import (
 from shim.etcd import watch as watch_module
 from shim.etcd.watch import LineTooLarge, Watch
 from shim.test.etcdserver import EtcdServerMixin, b64, refused_url
-
-
-def sleep(seconds):
-    from twisted.internet import reactor
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-@inlineCallbacks
-def wait_for(condition, what, timeout=20.0):
-    """Poll C{condition} until true; fail after C{timeout} seconds (a safety net)."""
-    from twisted.internet import reactor
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError("gave up waiting for %s" % (what,))
-        yield sleep(0.02)
+from shim.test.support import check_watch_too_large, sleep, wait_for
 
 
 class ParserTests(SynchronousTestCase):
@@ -267,7 +252,7 @@ class WatchTests(EtcdServerMixin, TestCase):
         written = sorted([(r.revision, "/w/k%05d" % (i,), b"v%d" % (i,))
                           for i, r in enumerate(results)])
         last = written[-1][0]
-        yield wait_for(lambda: watch.last_revision >= last, "5000 events")
+        yield wait_for(lambda: watch.last_revision >= last, what="5000 events")
         self.assertEqual(events[0], WatchEvent("PUT", "/w/big", big, big_put.revision, None))
         self.assertEqual([(e.mod_revision, e.key, e.value) for e in events[1:]], written)
         ended = yield watch.stop()
@@ -305,7 +290,7 @@ class WatchTests(EtcdServerMixin, TestCase):
                     return
                 acked.append(result.revision)
         writing = writer(0, 400)
-        yield wait_for(lambda: len(acked) >= 50, "50 writes")
+        yield wait_for(lambda: len(acked) >= 50, what="50 writes")
         self.etcd.kill()
         ended = yield watch.done
         self.assertEqual(ended.reason, "connection_lost")
@@ -318,7 +303,7 @@ class WatchTests(EtcdServerMixin, TestCase):
         yield watch2.started
         truth = yield client.get_all("/r/")
         revisions = sorted(kv.mod_revision for kv in truth.kvs)
-        yield wait_for(lambda: watch2.last_revision >= revisions[-1], "catch up")
+        yield wait_for(lambda: watch2.last_revision >= revisions[-1], what="catch up")
         yield watch2.stop()
         self.assertEqual([e.mod_revision for e in seen + seen_again], revisions)
         self.assertTrue(set(acked) <= set(revisions))
@@ -335,7 +320,7 @@ class WatchTests(EtcdServerMixin, TestCase):
                              on_progress=progress.append)
         yield watch.started
         other = yield client.put("/elsewhere", b"x")
-        yield wait_for(lambda: progress and progress[-1] >= other.revision, "progress")
+        yield wait_for(lambda: progress and progress[-1] >= other.revision, what="progress")
         self.assertEqual(watch.last_revision, progress[-1])
         self.assertFalse(watch.done.called)
         self.etcd.pause()
@@ -343,24 +328,12 @@ class WatchTests(EtcdServerMixin, TestCase):
         self.assertEqual(ended.reason, "idle")
         self.assertIn("nothing received", str(ended.error))
 
-    @inlineCallbacks
     def test_too_large(self):
         """
         A value bigger than the (lowered) cap ends a real watch with "too_large";
         the events before it were delivered.
         """
-        self.patch(watch_module, "MAX_WATCH_MESSAGE", 64 * 1024)
-        client = self.make_client()
-        events = []
-        watch = client.watch("/big/", None, events.append)
-        yield watch.started
-        small = yield client.put("/big/a", b"x" * 1000)
-        yield client.put("/big/b", b"y" * 100 * 1024)
-        ended = yield watch.done
-        self.assertEqual(ended.reason, "too_large")
-        self.assertIsInstance(ended.error, MessageTooLarge)
-        self.assertEqual([e.mod_revision for e in events], [small.revision])
-        self.assertEqual(watch.last_revision, small.revision)
+        return check_watch_too_large(self, self.make_client())
 
     @inlineCallbacks
     def test_refused(self):
@@ -378,7 +351,7 @@ class WatchTests(EtcdServerMixin, TestCase):
         yield watch.started
         yield client.put("/k2", b"not me")
         put = yield client.put("/k", b"me")
-        yield wait_for(lambda: events, "the event")
+        yield wait_for(lambda: events, what="the event")
         self.assertEqual(events, [WatchEvent("PUT", "/k", b"me", put.revision, None)])
         ended = yield watch.stop()
         self.assertEqual(ended, (("stopped", None, None)))
