@@ -8,14 +8,16 @@ import os
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from shim import keys
+from shim import keys, web
 from shim.config import load_config
 from shim.etcd import EtcdClient, MessageTooLarge, watch as watch_module
 from shim.interfaces import IBackend
 from shim.proton import ProtonClient
 from shim.service import ShimService
+from shim.test.etcdserver import start_etcd
 
 CALLBACKS = (
     "bind_port",
@@ -194,6 +196,28 @@ class ShimRunner:
         if service.running:
             return service.stopService()
         return None
+
+
+class OperationsCase(TestCase):
+    """
+    A fresh etcd, proton's side on it (C{client}, C{proton}), a shim in this process
+    (C{shim}, configured with C{extra}) and its operations endpoint on a free
+    loopback port, at C{url}.
+    """
+
+    timeout = 120
+    #: Election off: these tests are about a shim acting alone (role "single").
+    extra = "[election]\nenabled = false\n"
+
+    @inlineCallbacks
+    def setUp(self):
+        self.etcd = start_etcd(self)
+        self.client, self.proton = proton_side(self, self.etcd)
+        self.shim = yield ShimRunner(self, [self.etcd.client_url]).start(
+            extra=self.extra)
+        port = yield web.listen(self.shim, ("127.0.0.1", 0), reactor)
+        self.addCleanup(port.stopListening)
+        self.url = "http://127.0.0.1:%d" % (port.getHost().port,)
 
 
 @inlineCallbacks

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 import shim
 from shim import ctl, web
 from shim.test.etcdserver import refused_url, start_etcd
-from shim.test.support import ShimRunner, proton_side, wait_for
+from shim.test.support import OperationsCase, ShimRunner, wait_for
 
 #: The directory holding the C{shim} package being tested.
 _SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(shim.__file__)))
@@ -38,27 +38,7 @@ def shimctl(*args):
     return code, out.decode("utf-8"), err.decode("utf-8")
 
 
-class _ShimctlCase(TestCase):
-    """
-    A fresh etcd, a shim (configured with C{extra}) and its operations endpoint.
-    """
-
-    timeout = 120
-    #: Election off: these tests are about a shim acting alone (role "single").
-    extra = "[election]\nenabled = false\n"
-
-    @inlineCallbacks
-    def setUp(self):
-        self.etcd = start_etcd(self)
-        self.client, self.proton = proton_side(self, self.etcd)
-        self.shim = yield ShimRunner(self, [self.etcd.client_url]).start(
-            extra=self.extra)
-        port = yield web.listen(self.shim, ("127.0.0.1", 0), reactor)
-        self.addCleanup(port.stopListening)
-        self.url = "http://127.0.0.1:%d" % (port.getHost().port,)
-
-
-class ShimctlTests(_ShimctlCase):
+class ShimctlTests(OperationsCase):
     """
     shimctl and a shim with the default configuration.
     """
@@ -138,7 +118,7 @@ class ShimctlTests(_ShimctlCase):
         self.assertEqual(code, 2)
 
 
-class ShimctlAdminTests(_ShimctlCase):
+class ShimctlAdminTests(OperationsCase):
     """
     shimctl and a shim with C{[metrics] admin = true}.
     """

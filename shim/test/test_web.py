@@ -17,8 +17,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from shim import __version__, web
 from shim.metrics import group_of
 from shim.portstate import BOUND, INUSE, UNBOUND
-from shim.test.etcdserver import start_etcd
-from shim.test.support import ShimRunner, proton_side, sleep, wait_for
+from shim.test.support import OperationsCase, sleep, wait_for
 
 
 def samples(text):
@@ -45,25 +44,14 @@ class _Overriding:
         return getattr(self._service, name)
 
 
-class ShimWebCase(TestCase):
+class ShimWebCase(OperationsCase):
     """
-    A fresh etcd, a shim (configured with C{extra}), and its operations endpoint on a
-    free loopback port; helpers to read it.
+    L{OperationsCase} with helpers to read the operations endpoint.
     """
-
-    timeout = 120
-    #: Election off: these tests are about a shim acting alone (role "single").
-    extra = "[election]\nenabled = false\n"
 
     @inlineCallbacks
     def setUp(self):
-        self.etcd = start_etcd(self)
-        self.client, self.proton = proton_side(self, self.etcd)
-        self.shim = yield ShimRunner(self, [self.etcd.client_url]).start(
-            extra=self.extra)
-        port = yield web.listen(self.shim, ("127.0.0.1", 0), reactor)
-        self.addCleanup(port.stopListening)
-        self.base = "http://127.0.0.1:%d" % (port.getHost().port,)
+        yield OperationsCase.setUp(self)
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)
         self.http = HTTPClient(Agent(reactor, pool=pool))
@@ -73,7 +61,7 @@ class ShimWebCase(TestCase):
         """
         GET C{path}: C{(status code, content type, body text)}.
         """
-        response = yield self.http.get(self.base + path)
+        response = yield self.http.get(self.url + path)
         body = yield response.text("utf-8")
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         return response.code, content_type.decode("ascii"), body
@@ -105,7 +93,7 @@ class ShimWebCase(TestCase):
         """
         if headers is None:
             headers = {b"X-Shim-Admin": [b"test"]}
-        response = yield self.http.post(self.base + path, data=b"", headers=headers)
+        response = yield self.http.post(self.url + path, data=b"", headers=headers)
         body = yield response.text("utf-8")
         return response.code, body
 
@@ -121,7 +109,7 @@ class WebTests(ShimWebCase):
         A scraper asking for OpenMetrics gets it, with its content type.
         """
         response = yield self.http.get(
-            self.base + "/metrics",
+            self.url + "/metrics",
             headers={b"Accept": [b"application/openmetrics-text; version=1.0.0"]})
         body = yield response.text("utf-8")
         content_type = response.headers.getRawHeaders(b"content-type")[0]
@@ -312,10 +300,10 @@ class WebTests(ShimWebCase):
             self.assertIn(path, body)
         code, _, _ = yield self.fetch("/nothing")
         self.assertEqual(code, 404)
-        response = yield self.http.post(self.base + "/healthz", data=b"")
+        response = yield self.http.post(self.url + "/healthz", data=b"")
         yield response.content()
         self.assertEqual(response.code, 405)
-        response = yield self.http.head(self.base + "/readyz")
+        response = yield self.http.head(self.url + "/readyz")
         yield response.content()
         self.assertIn(response.code, (200, 503))
 
