@@ -42,6 +42,7 @@ from twisted.logger import (  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from shim import keys  # noqa: E402
+from shim.bindresult import BindResult  # noqa: E402
 from shim.config import ShimConfig  # noqa: E402
 from shim.etcd import EtcdClient, Op  # noqa: E402
 from shim.interfaces import IBackend  # noqa: E402
@@ -151,16 +152,18 @@ class DataSet:
                 subnet_prefix=24, gateway="10.%d.%d.1" % (v // 250, v % 250))
             if rng.random() < bound:
                 host = rng.choice(HOSTS)
-                port.update(host_id=host, device_id=self.uuid(), status="ACTIVE",
-                            vif_type="ovs", vif_details=VIF_DETAILS,
+                device = self.uuid()
+                port.update(host_id=host, device_id=device, status="ACTIVE",
+                            vif_type="ovs", vif_details=json.dumps(VIF_DETAILS),
                             profile={"migrating_to": None})
                 controller = CONTROLLER if host in OUR_HOSTS else OTHER_CONTROLLER
                 if controller == CONTROLLER:
                     self.ours.append(port_id)
                 if results:
-                    self.items.append((keys.result_key(port_id), json.dumps(
-                        {"vif_type": "ovs", "vif_details": VIF_DETAILS,
-                         "controller": controller}, sort_keys=True).encode()))
+                    # As the shim writes it: naming its controller and placement, so
+                    # that a shim restores it without calling bind_port again.
+                    self.items.append((keys.result_key(port_id), BindResult(
+                        "ovs", VIF_DETAILS, controller, host, device).encode()))
             else:
                 self.unbound.append(port_id)
             self.ports[port_id] = port

@@ -112,6 +112,10 @@ class Controller:
         self._bind_seen = {}
         # port uuid -> the placement whose bind the backend rejected
         self._rejected = {}
+        # service id -> its last version, shared by every Told that heard it
+        self._version_of = {}
+        # vif_details JSON text -> (dict, text) shared by the bind results that have it
+        self._details = {}
         self.queue = queue_factory(self._reconcile)
         self._is_our_host = config.is_our_host
 
@@ -250,6 +254,7 @@ class Controller:
                 # Written by an earlier version: bound for the current placement.
                 placement = portstate.placement(port) if port is not None else (None, None)
                 result = result.for_placement(result.controller, *placement)
+            result = self._shared(result)
             if port is not None and portstate.placement(port) == placement:
                 told_port = port
             else:
@@ -288,9 +293,32 @@ class Controller:
         model = self.model
         obj = model.services.get(service)
         if obj is None:
+            self._version_of.pop(service, None)
             return None
         rts = model.route_targets
-        return (obj, tuple((rt, rts.get(rt)) for rt in model.route_targets_of(obj)))
+        # One tuple per service version, shared by the ports that heard it: with
+        # hundreds of thousands of bound ports, one per port would cost megabytes.
+        known = self._version_of.get(service)
+        if known is not None and known[0] is obj and all(
+                rts.get(rt) is o for rt, o in known[1]):
+            return known
+        version = (obj, tuple((rt, rts.get(rt)) for rt in model.route_targets_of(obj)))
+        self._version_of[service] = version
+        return version
+
+    def _shared(self, result):
+        """
+        C{result} with its C{vif_details} (and their JSON text) shared with the equal
+        results seen before: a backend answers most binds alike.
+        """
+        text = result.details_text
+        shared = self._details.get(text)
+        if shared is None:
+            if len(self._details) < 1024:
+                self._details[text] = (result.vif_details, text)
+        else:
+            result.vif_details, result._details_text = shared
+        return result
 
     def _versions(self, uuid):
         return {s: self.version(s) for s in self.model.services_of_port(uuid)}
@@ -494,7 +522,8 @@ class Controller:
                 self.writer.clear(uuid)
             return None
         self._rejected.pop(uuid, None)
-        result = result.for_placement(self.config.controller_name, *placement)
+        result = self._shared(
+            result.for_placement(self.config.controller_name, *placement))
         long = result.too_long_for_proton()
         if long:
             self.log.warn(

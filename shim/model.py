@@ -13,6 +13,7 @@ Nothing here does I/O; the service decides when the model changes.
 
 import json
 import sys
+from collections.abc import KeysView, MutableMapping
 
 from shim.portstate import UNBOUND
 from shim.schema import SEED
@@ -34,23 +35,217 @@ class BadValue(ValueError):
     """
 
 
-class ModelObject(dict):
+class Shape:
     """
-    One object of the model: a dict of attribute name to value, readable as attributes.
+    The attribute names of a row, in order, shared by every row that has them: a
+    table's rows nearly always have one shape, so a row holds only its values.
 
-    @ivar revision: the etcd revision the object was written at.
+    @ivar names: the attribute names, a tuple.
+    @ivar index: attribute name to its position in a row's values.
     """
 
-    __slots__ = ("revision",)
+    __slots__ = ("names", "index", "_with", "_without")
+
+    def __init__(self, names):
+        self.names = names
+        self.index = {name: i for i, name in enumerate(names)}
+        self._with = {}
+        self._without = {}
+
+    def adding(self, name):
+        """
+        The shape of a row of this shape with C{name} added at the end.
+        """
+        shape = self._with.get(name)
+        if shape is None:
+            shape = shape_of(self.names + (name,))
+            if len(self._with) < _MAX_SHAPES:
+                self._with[name] = shape
+        return shape
+
+    def removing(self, name):
+        """
+        The shape of a row of this shape without C{name}.
+        """
+        shape = self._without.get(name)
+        if shape is None:
+            shape = shape_of(tuple(n for n in self.names if n != name))
+            if len(self._without) < _MAX_SHAPES:
+                self._without[name] = shape
+        return shape
+
+
+#: Shapes kept for sharing; past this many (rows of ever new attribute sets), a new
+#: shape is made per row rather than kept for ever.
+_MAX_SHAPES = 1024
+
+_shapes = {}
+
+
+def shape_of(names):
+    """
+    The shared L{Shape} of the attribute names C{names} (a tuple).
+    """
+    shape = _shapes.get(names)
+    if shape is None:
+        names = tuple(_intern(n) if type(n) is str else n for n in names)
+        shape = Shape(names)
+        if len(_shapes) < _MAX_SHAPES:
+            _shapes[names] = shape
+    return shape
+
+
+_NO_VALUE = object()
+
+
+class ModelObject:
+    """
+    One object of the model: attribute name to value, readable both as a mapping
+    (C{obj["host_id"]}, C{obj.get(...)}, C{dict(obj)}, C{obj.items()}, iteration,
+    C{==} with a dict) and as attributes (C{obj.host_id}).
+
+    A row is its L{Shape} (the attribute names, shared by the rows that have the
+    same) and a tuple of values: about half the memory of a dict per row, which
+    counts with a million objects.  A write (rare: the controller merges its bind
+    result's vif attributes) replaces the tuple.
+
+    @ivar revision: the etcd revision the object was written at (0 when unknown).
+    """
+
+    __slots__ = ("_shape", "_values", "revision")
+
+    def __init__(self, *args, **kwargs):
+        row = dict(*args, **kwargs)
+        self._shape = shape_of(tuple(row))
+        self._values = tuple([_share(k, v) for k, v in row.items()])
+        self.revision = 0
+
+    @classmethod
+    def _of(cls, shape, values, revision):
+        """
+        An object of C{shape} holding C{values} (a tuple).
+        """
+        obj = cls.__new__(cls)
+        obj._shape = shape
+        obj._values = values
+        obj.revision = revision
+        return obj
+
+    # -- reading
 
     def __getattr__(self, name):
+        if name[:1] == "_":
+            # Our own slots, while unset (copying), and Python's protocols.
+            raise AttributeError(name)
         try:
-            return self[name]
+            return self._values[self._shape.index[name]]
         except KeyError:
             raise AttributeError(name) from None
 
+    def __getitem__(self, name):
+        return self._values[self._shape.index[name]]
+
+    def get(self, name, default=None):
+        i = self._shape.index.get(name)
+        return default if i is None else self._values[i]
+
+    def __contains__(self, name):
+        return name in self._shape.index
+
+    def __iter__(self):
+        return iter(self._shape.names)
+
+    def __len__(self):
+        return len(self._values)
+
+    def keys(self):
+        """
+        The attribute names, as a set-like view (as C{dict.keys()}).
+        """
+        return _KeysView(self)
+
+    def values(self):
+        return list(self._values)
+
+    def items(self):
+        """
+        C{(name, value)} pairs, in order (a list).
+        """
+        return list(zip(self._shape.names, self._values))
+
+    def copy(self):
+        """
+        A plain dict of the attributes.
+        """
+        return dict(zip(self._shape.names, self._values))
+
+    def __copy__(self):
+        obj = self.__class__._of(self._shape, self._values, self.revision)
+        for name in self.__class__.__slots__ if self.__class__ is not ModelObject else ():
+            setattr(obj, name, getattr(self, name))
+        return obj
+
+    def __eq__(self, other):
+        if isinstance(other, ModelObject):
+            if self._shape is other._shape:
+                return self._values == other._values
+            return self.copy() == other.copy()
+        if isinstance(other, dict):
+            return self.copy() == other
+        return NotImplemented
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None
+
     def __repr__(self):
-        return "%s(%s)" % (self.__class__.__name__, dict.__repr__(self))
+        return "%s(%r)" % (self.__class__.__name__, self.copy())
+
+    # -- writing (the controller merges its bind result's vif attributes)
+
+    def __setitem__(self, name, value):
+        i = self._shape.index.get(name)
+        if i is None:
+            self._shape = self._shape.adding(name)
+            self._values += (_share(name, value),)
+        else:
+            values = self._values
+            self._values = values[:i] + (_share(name, value),) + values[i + 1:]
+
+    def __delitem__(self, name):
+        i = self._shape.index[name]
+        self._shape = self._shape.removing(name)
+        self._values = self._values[:i] + self._values[i + 1:]
+
+    def pop(self, name, default=_NO_VALUE):
+        i = self._shape.index.get(name)
+        if i is None:
+            if default is _NO_VALUE:
+                raise KeyError(name)
+            return default
+        value = self._values[i]
+        del self[name]
+        return value
+
+    def setdefault(self, name, default=None):
+        i = self._shape.index.get(name)
+        if i is None:
+            self[name] = default
+            return default
+        return self._values[i]
+
+    def update(self, *args, **kwargs):
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+
+class _KeysView(KeysView):
+    __slots__ = ()
+
+
+MutableMapping.register(ModelObject)
 
 
 class Port(ModelObject):
@@ -63,6 +258,51 @@ class Port(ModelObject):
     """
 
     __slots__ = ("binding", "result")
+
+    def __init__(self, *args, **kwargs):
+        ModelObject.__init__(self, *args, **kwargs)
+        self.binding = UNBOUND
+        self.result = None
+
+
+#: Attributes whose values repeat across many rows, whatever their length: the
+#: tenant, network, host and service a row names, and our bind result's vif
+#: attributes.  They are interned (shared); a row's own id is not.
+_SHARED_ATTRIBUTES = frozenset([
+    "tenant_id", "network_id", "host_id", "zone", "gateway", "device_owner",
+    "vif_type", "vif_details", "vpn_instance", "service_id", "ipv4_family",
+    "ipv6_family", "vrf_rt_type",
+])
+
+#: Small JSON objects in rows (C{profile: {"migrating_to": null}}) shared by value;
+#: at most this many kept.
+_MAX_SHARED_OBJECTS = 4096
+_shared_objects = {}
+
+
+def _share(name, value):
+    """
+    The value to keep for attribute C{name}: a common string interned, a small
+    JSON object of scalars shared with the equal ones already seen.
+    """
+    kind = type(value)
+    if kind is str:
+        if len(value) < _INTERN_BELOW or name in _SHARED_ATTRIBUTES:
+            return _intern(value)
+        return value
+    if kind is dict and len(value) <= 4:
+        try:
+            # true and 1 are equal in Python, not in JSON: the type is part of the key.
+            key = tuple((k, type(v), v) for k, v in value.items())
+            shared = _shared_objects.get(key)
+        except TypeError:
+            # A nested list or object: not shared.
+            return value
+        if shared is not None:
+            return shared
+        if len(_shared_objects) < _MAX_SHARED_OBJECTS:
+            _shared_objects[key] = value
+    return value
 
 
 def decode(table, value, revision, schema=SEED):
@@ -102,18 +342,14 @@ def decode(table, value, revision, schema=SEED):
         v = row.get(name)
         if v is not None and type(v) is not str:
             raise BadValue("attribute %r is %s, not a string" % (name, type(v).__name__))
-    cls = Port if table == schema.port else ModelObject
-    obj = cls(
-        {
-            _intern(k): (_intern(v) if type(v) is str and len(v) < _INTERN_BELOW else v)
-            for k, v in row.items()
-        }
-    )
-    obj.revision = revision
-    if cls is Port:
+    shape = shape_of(tuple(row))
+    values = tuple([_share(k, v) for k, v in row.items()])
+    if table == schema.port:
+        obj = Port._of(shape, values, revision)
         obj.binding = UNBOUND
         obj.result = None
-    return obj
+        return obj
+    return ModelObject._of(shape, values, revision)
 
 
 def split_list(text):
@@ -148,6 +384,16 @@ class Changes:
         """
         prev = prev or {}
         new = new or {}
+        if (type(prev) is type(new) and isinstance(prev, ModelObject)
+                and prev._shape is new._shape):
+            # Two rows of one shape: compare value by value.
+            changed_new = {}
+            changed_prev = {}
+            for name, a, b in zip(prev._shape.names, prev._values, new._values):
+                if a is not b and a != b:
+                    changed_new[name] = b
+                    changed_prev[name] = a
+            return cls(changed_new, changed_prev)
         if prev.keys() == new.keys():
             # The common case: an update that rewrites the same attributes.
             changed_new = {k: v for k, v in new.items() if prev[k] != v}
@@ -235,10 +481,32 @@ class Model:
         C{None}.
         """
         objects = self._tables[table]
+        name = self._shared_name(table, name, obj)
         prev = objects.get(name)
         objects[name] = obj
         self._index(table, name, prev, obj)
         return prev
+
+    def _shared_name(self, table, name, obj):
+        """
+        The one string to keep for an object's name: its own C{id} when that is
+        the name, and in the seed a port and its VPNPort share their uuid, so that
+        a uuid is held once, not four times (key and id of each).
+        """
+        ident = obj.get("id")
+        if type(ident) is str and ident == name:
+            name = ident
+        schema = self.schema
+        if schema.interface is None and table in (schema.port, schema.binding):
+            other = self._tables[
+                schema.binding if table == schema.port else schema.port].get(name)
+            if other is not None:
+                theirs = other.get("id")
+                if type(theirs) is str and theirs == name:
+                    name = theirs
+                    if ident is not None and ident is not name and ident == name:
+                        obj["id"] = name
+        return name
 
     def remove(self, table, name):
         """
