@@ -219,6 +219,15 @@ def child_backlog(reactor, params):
     yield service.when_ready()
     yield service.queue.idle()
     yield service.results.idle()
+    # Until the shim writes nothing more (its result keys created as {} for the
+    # ports that have none are written in the background).
+    index = None
+    while True:
+        status = yield writer.status()
+        if status.revision == index:
+            break
+        index = status.revision
+        yield task.deferLater(reactor, 0.5, lambda: None)
     # One change the shim sees, so that its watch resumes from the store's index
     # (its own result writes since start-up count in v2's window too).
     _, mark, _ = yield write_backlog(writer, 1, params["tag"] + "-mark")
@@ -233,6 +242,13 @@ def child_backlog(reactor, params):
         yield task.deferLater(reactor, 0.01, lambda: None)
     first, last, names = yield write_backlog(writer, count, params["tag"])
     client.watch_started = None
+    client.calls = {}
+    writes_before = result_writes(service)
+    profiler = None
+    if params.get("profile"):
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     proxy.restore()
     finished = Deferred()
 
@@ -245,6 +261,15 @@ def child_backlog(reactor, params):
     poll.stop()
     yield service.queue.idle()
     elapsed = time.perf_counter() - client.watch_started
+    calls = dict(client.calls)
+    writes = result_writes(service)
+    calls.update({"result writes " + k: v - writes_before.get(k, 0)
+                  for k, v in writes.items() if v - writes_before.get(k, 0)})
+    if profiler is not None:
+        import pstats
+        profiler.disable()
+        with open(params["profile"], "w") as f:
+            pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(40)
     applied = int(sample("shim_events_applied_total",
                          {"table": SEED.port, "action": "PUT"}) or 0) - applied_before
     compacted = int(sample("shim_resyncs_total", {"cause": "compacted"}) or 0)
@@ -256,7 +281,18 @@ def child_backlog(reactor, params):
     yield proxy.stop()
     yield writer.close()
     emit({"elapsed": elapsed, "applied": applied, "compacted": compacted,
-          "problems": problems[:10], "lost": len(problems)})
+          "problems": problems[:10], "lost": len(problems), "calls": calls})
+
+
+def result_writes(service):
+    """The shim's result writes so far, by C{operation/outcome}."""
+    counts = {}
+    for metric in service.metrics.registry.collect():
+        for s in metric.samples:
+            if s.name == "shim_result_writes_total":
+                counts["%s/%s" % (s.labels.get("operation"), s.labels.get("outcome"))] \
+                    = int(s.value)
+    return counts
 
 
 def proxied(reactor, endpoint):
@@ -267,9 +303,21 @@ def proxied(reactor, endpoint):
 
 
 class TimedV2Client(EtcdV2Client):
-    """The shim's v2 client, noting when the shim (re)starts its watch."""
+    """
+    The shim's v2 client, noting when the shim (re)starts its watch, and counting
+    its requests by call.
+    """
 
     watch_started = None
+
+    def __init__(self, *args, **kwargs):
+        EtcdV2Client.__init__(self, *args, **kwargs)
+        self.calls = {}
+
+    def _send(self, call, *args, **kwargs):
+        name = call.split(" ", 1)[0]
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return EtcdV2Client._send(self, call, *args, **kwargs)
 
     def watch(self, *args, **kwargs):
         if self.watch_started is None:
@@ -386,7 +434,8 @@ class BenchV2(v3bench.Bench):
                                 endpoint=endpoint, count=o.backlog, tag="b%d" % (i,))
             s = yield run_child(self.reactor, kind="backlog", mode="shim",
                                 endpoint=endpoint, count=o.backlog, tag="s%d" % (i,),
-                                check=(i == 0))
+                                check=(i == 0), profile=self.profile_path("backlog")
+                                if i == 0 else None)
             if b["ended"] is not None or b["events"] != o.backlog:
                 raise RuntimeError("the bare watcher saw %d events (ended: %s)"
                                    % (b["events"], b["ended"]))
@@ -398,8 +447,9 @@ class BenchV2(v3bench.Bench):
                 raise RuntimeError("the shim lost %d: %s" % (s["lost"], s["problems"]))
             bare.append(o.backlog / b["elapsed"])
             shim.append(o.backlog / s["elapsed"])
-            print("  run %d: bare watcher %s, shim %s" % (
-                i + 1, _fmt(bare[-1], "/s"), _fmt(shim[-1], "/s")), flush=True)
+            print("  run %d: bare watcher %s, shim %s; the shim's requests: %s" % (
+                i + 1, _fmt(bare[-1], "/s"), _fmt(shim[-1], "/s"), s["calls"]),
+                flush=True)
         self.row("v2-2. backlog catch-up, E=%s, N=%s" % (_count(o.backlog), n),
                  "events/s (best of %d)" % (o.runs,), max(shim), max(bare),
                  ">= 0.5x", max(shim) >= 0.5 * max(bare), "/s")
@@ -412,11 +462,14 @@ class BenchV2(v3bench.Bench):
             proxied_gets.append(g["elapsed"])
             s = yield run_child(self.reactor, kind="backlog", mode="shim",
                                 endpoint=endpoint, count=o.past_window,
-                                tag="w%d" % (i,), check=True)
+                                tag="w%d" % (i,), check=True,
+                                profile=self.profile_path("past-window")
+                                if i == 0 else None)
             outs.append(s)
             print("  run %d: %d past the window: resynced in %.2f s, %d compacted "
-                  "resync(s), %d lost" % (i + 1, o.past_window, s["elapsed"],
-                                         s["compacted"], s["lost"]), flush=True)
+                  "resync(s), %d lost; the shim's requests: %s" % (
+                      i + 1, o.past_window, s["elapsed"], s["compacted"], s["lost"],
+                      s["calls"]), flush=True)
         best = min(outs, key=lambda s: s["elapsed"])
         lost = sum(s["lost"] for s in outs)
         resynced = all(s["compacted"] == 1 for s in outs)
@@ -477,12 +530,14 @@ def main(argv=None):
                              "window (default 900)")
     parser.add_argument("--past-window", type=int, default=1500,
                         help="port updates past the window (default 1500)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="write cProfile summaries of the shim's catch-up and "
+                             "resync (first run of each) into DIR")
     options = parser.parse_args(argv)
     if options.backlog >= 1000:
         parser.error("--backlog must stay under v2's 1000-event window")
     if options.past_window <= 1000:
         parser.error("--past-window must be more than v2's 1000 events")
-    options.profile = None
     quiet_logging()
     task.react(run, (options,))
 
