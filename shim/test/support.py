@@ -17,7 +17,7 @@ from shim.etcd import EtcdClient, MessageTooLarge, watch as watch_module
 from shim.interfaces import IBackend
 from shim.proton import ProtonClient
 from shim.service import ShimService
-from shim.test.etcdserver import start_etcd
+from shim.test.etcdserver import EtcdServer, start_etcd
 
 CALLBACKS = (
     "bind_port",
@@ -142,6 +142,57 @@ def write_config(directory, endpoints, controller="SimServer", hosts="compute1, 
 
 def sleep(seconds):
     return deferLater(reactor, seconds, lambda: None)
+
+
+@inlineCallbacks
+def key_history(client, key, decode=None):
+    """
+    Every change of C{key} that etcd still remembers, oldest first, as C{(type,
+    value)}: a watch from revision 1 up to the store's revision.  C{decode}, when
+    given, turns each value (C{b""} for a delete) into what the list holds.
+    """
+    status = yield client.status()
+    events = []
+    watch = client.watch(
+        key, 1, lambda e: events.append(
+            (e.type, e.value if decode is None else decode(e.value))),
+        prefix=False)
+    try:
+        yield wait_for(lambda: watch.last_revision >= status.revision,
+                       what="the history of %s" % (key,))
+    finally:
+        yield watch.stop()
+    return events
+
+
+def replace_cluster(testcase, old, writes):
+    """
+    Put a new etcd cluster in place of C{old} (an L{EtcdServer}), on the same
+    address: the new one gets C{writes} (C{(key, value)} pairs, in order) while
+    C{old} still serves, then C{old} stops and the new one starts on its port.
+    A Deferred firing with the new L{EtcdServer}, cleaned up when C{testcase} ends.
+    """
+    new = EtcdServer()
+    testcase.addCleanup(new.cleanup)
+    new.start()
+    filler = EtcdClient([new.client_url])
+    testcase.addCleanup(filler.close)
+    d = _fill(filler, writes)
+
+    def swap(_):
+        new.stop()
+        old.stop()
+        new.client_port = old.client_port
+        new.start()
+        return new
+    return d.addCallback(swap)
+
+
+@inlineCallbacks
+def _fill(client, writes):
+    for key, value in writes:
+        yield client.put(key, value)
+    yield client.close()
 
 
 @inlineCallbacks

@@ -27,8 +27,10 @@ from shim.test.proxy import FaultProxy
 from shim.test.support import (
     RecordingBackend,
     ShimRunner,
+    key_history,
     port_attrs,
     read_result,
+    replace_cluster,
     sleep,
     wait_for,
     write_config,
@@ -174,21 +176,11 @@ class FaultTestCase(TestCase):
                 self.assertEqual(actual, expected, (table, name))
 
 
-    @inlineCallbacks
     def history(self, key):
         """
         Every change of C{key} that etcd still remembers, as C{(type, value)}.
         """
-        status = yield self.client.status()
-        events = []
-        watch = self.client.watch(
-            key, 1, lambda e: events.append((e.type, e.value)), prefix=False)
-        try:
-            yield wait_for(lambda: watch.last_revision >= status.revision,
-                           what="the history of %s" % (key,))
-        finally:
-            yield watch.stop()
-        return events
+        return key_history(self.client, key)
 
 
 class KillTests(FaultTestCase):
@@ -569,21 +561,11 @@ class ResyncTests(FaultTestCase):
         found = yield self.client.get_all("/")
         kept = [kv for kv in found.kvs if not kv.key.endswith("/gone")]
 
-        new = EtcdServer()
-        self.addCleanup(new.cleanup)
-        new.start()
-        filler = EtcdClient([new.client_url])
-        self.addCleanup(filler.close)
-        yield filler.put("/unrelated/padding", b"x")
-        for kv in kept:
-            yield filler.put(kv.key, kv.value)
-        yield filler.put(keys.proton_key(keys.PORT, "later"), encode_object(
-            port_attrs("later", "compute2", "vm-later")))
-        yield filler.close()
-        new.stop()
-        old.stop()
-        new.client_port = old.client_port
-        new.start()
+        yield replace_cluster(
+            self, old, [("/unrelated/padding", b"x")]
+            + [(kv.key, kv.value) for kv in kept]
+            + [(keys.proton_key(keys.PORT, "later"),
+                encode_object(port_attrs("later", "compute2", "vm-later")))])
 
         yield wait_for(lambda: shim.cluster_id not in (None, old_cluster),
                        timeout=30, what="the shim to see the new cluster")

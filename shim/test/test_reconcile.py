@@ -41,8 +41,10 @@ from shim.test.support import (
     VIF,
     RecordingBackend,
     ShimRunner,
+    key_history,
     port_attrs,
     read_result,
+    replace_cluster,
     sleep,
     wait_for,
     write_config,
@@ -76,24 +78,12 @@ class ReconcileCase(ServiceTestCase):
     def arguments_of(self, backend, callback):
         return [a for c, a in backend.arguments if c == callback]
 
-    @inlineCallbacks
     def history(self, key, client=None):
         """
         Every change of C{key} etcd remembers, as C{(type, decoded value or None)}.
         """
-        client = client or self.client
-        status = yield client.status()
-        events = []
-        watch = client.watch(
-            key, 1, lambda e: events.append(
-                (e.type, json.loads(e.value) if e.value else None)),
-            prefix=False)
-        try:
-            yield wait_for(lambda: watch.last_revision >= status.revision,
-                           what="the history of %s" % (key,))
-        finally:
-            yield watch.stop()
-        return events
+        return key_history(client or self.client, key,
+                           decode=lambda value: json.loads(value) if value else None)
 
     def writer_settled(self, shim):
         """
@@ -716,21 +706,11 @@ class ClusterChangeTests(ReconcileCase):
         # The bind results, as restored from a backup (not the election's key,
         # whose lease the new cluster does not have).
         results = yield self.client.get_all(keys.RESULT_PREFIX)
-        new = EtcdServer()
-        self.addCleanup(new.cleanup)
-        new.start()
-        filler = EtcdClient([new.client_url])
-        for kv in found.kvs + results.kvs:
-            if kv.key.endswith("/slow"):
-                continue
-            yield filler.put(kv.key, kv.value)
-        yield filler.put(keys.proton_key(keys.PORT, "slow"), encode_object(
-            port_attrs("slow", "compute1", "vm-slow", name="new-cluster")))
-        yield filler.close()
-        new.stop()
-        old.stop()
-        new.client_port = old.client_port
-        new.start()
+        yield replace_cluster(
+            self, old, [(kv.key, kv.value) for kv in found.kvs + results.kvs
+                        if not kv.key.endswith("/slow")]
+            + [(keys.proton_key(keys.PORT, "slow"), encode_object(
+                port_attrs("slow", "compute1", "vm-slow", name="new-cluster")))])
 
         yield wait_for(lambda: shim.cluster_id not in (None, old_cluster), timeout=30,
                        what="the shim to see the new cluster")
