@@ -23,12 +23,8 @@ import os
 import signal
 import time
 
-import treq
-
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
@@ -38,8 +34,9 @@ from shim.etcd import EtcdClient
 from shim.interfaces import IBackend
 from shim.proton import ProtonClient
 from shim.test.etcdserver import free_port, start_cluster, start_etcd
+from shim.test.support import (  # noqa: F401 (twistd_command: bench/soak.py's)
+    get_readyz, sleep, spawn_shimserver, tail, twistd_command, write_config)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST = "compute1"
 CONTROLLER = "SimServer"
 BACKEND = "shim.systest.test_ha:HALogBackend"
@@ -157,37 +154,6 @@ def interleavings(calls):
 
 # -- a shim process --------------------------------------------------------------
 
-def twistd_command():
-    """The twistd of the interpreter running this: C{(executable, leading args)}."""
-    import sys
-    beside = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(beside):
-        return beside, []
-    return sys.executable, ["-c", "from twisted.scripts.twistd import run; run()"]
-
-
-class _Output(ProcessProtocol):
-    def __init__(self, path):
-        self.out = open(path, "ab")
-        self.ended = Deferred()
-        self.running = False
-
-    def connectionMade(self):
-        self.running = True
-
-    def childDataReceived(self, fd, data):
-        self.out.write(data)
-        self.out.flush()
-
-    def processEnded(self, reason):
-        self.running = False
-        self.out.close()
-        code = None
-        if reason.check(ProcessDone, ProcessTerminated):
-            code = reason.value.exitCode
-        self.ended.callback(code)
-
-
 class ShimProcess(object):
     """
     One shim of the group as a C{twistd -n shimserver} process with election on, its
@@ -203,26 +169,20 @@ class ShimProcess(object):
         self.record = record
         self.metrics_port = free_port()
         self.log_file = os.path.join(self.directory, "shim-%s.log" % (name,))
-        self.config = os.path.join(self.directory, "shim-%s.conf" % (name,))
         options = {"record": record}
         options.update(backend_options or {})
-        with open(self.config, "w") as f:
-            f.write("[shim]\n"
-                    "controller_name = %s\n"
-                    "host_list = %s\n"
-                    "etcd_endpoints = %s\n"
-                    "backend = %s\n"
-                    "[etcd]\n"
+        sections = ("[etcd]\n"
                     "timeout = %s\n"
                     "[election]\n"
                     "enabled = true\n"
                     "ttl = %d\n"
                     "[metrics]\n"
                     "listen = %d\n"
-                    "[backend]\n" % (CONTROLLER, HOST, ", ".join(endpoints), BACKEND,
-                                     etcd_timeout, ttl, self.metrics_port))
-            for key, value in sorted(options.items()):
-                f.write("%s = %s\n" % (key, value))
+                    "[backend]\n" % (etcd_timeout, ttl, self.metrics_port))
+        sections += "".join("%s = %s\n" % (key, value)
+                            for key, value in sorted(options.items()))
+        self.config = write_config(self.directory, endpoints, controller=CONTROLLER,
+                                   hosts=HOST, backend=BACKEND, extra=sections)
         self.process = None
         self.transport = None
         self._pid = None
@@ -240,32 +200,22 @@ class ShimProcess(object):
         return self.process is not None and self.process.running
 
     def spawn(self):
-        executable, prefix = twistd_command()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"]
-                                    if env.get("PYTHONPATH") else "")
-        self.process = _Output(self.log_file)
-        argv = [executable] + prefix + ["-n", "--pidfile=", "shimserver",
-                                        "--config", self.config]
-        self.transport = reactor.spawnProcess(self.process, executable, argv, env=env,
-                                              path=REPO)
+        self.process, self.transport = spawn_shimserver(self.config, self.log_file)
         self._pid = self.transport.pid
         return self
 
     @inlineCallbacks
     def readyz(self):
         """C{(HTTP code, role)} from C{/readyz}, or C{(None, None)} when unreachable."""
-        url = "http://127.0.0.1:%d/readyz" % (self.metrics_port,)
         try:
-            response = yield treq.get(url, timeout=2, persistent=False)
-            body = yield response.text()
+            code, body = yield get_readyz(self.metrics_port)
         except Exception:
             return None, None
         role = None
         for line in body.splitlines():
             if line.startswith("role:"):
                 role = line.split(":", 1)[1].strip()
-        return response.code, role
+        return code, role
 
     @inlineCallbacks
     def wait_role(self, *roles, timeout=60.0):
@@ -319,15 +269,7 @@ class ShimProcess(object):
         return self.process.ended.addBoth(done)
 
     def output(self, lines=80):
-        try:
-            with open(self.log_file, "rb") as f:
-                return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-
-def sleep(seconds):
-    return deferLater(reactor, seconds, lambda: None)
+        return tail(self.log_file, lines)
 
 
 @inlineCallbacks

@@ -29,7 +29,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import uuid as uuidlib
 from urllib.parse import quote
@@ -39,17 +38,14 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import (
     Deferred, inlineCallbacks, succeed)
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest
 
 from shim.test.etcdserver import free_port
+from shim.test.support import (
+    REPO, get_readyz, sleep, spawn_shimserver, tail, wait_for, write_config)
 
 log = Logger()
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: The file whose hash names the cached proton virtualenv (as in scripts/setup-proton).
 CONSTRAINTS = os.path.join(REPO, "contrib", "gluon", "constraints.txt")
@@ -109,10 +105,6 @@ def find_proton_server():
         pass
     raise SkipTest("Gluon's proton-server is not installed at %s (%s); run "
                    "scripts/setup-proton" % (venv, reason or "setup-proton has not run"))
-
-
-def _sleep(seconds):
-    return deferLater(reactor, seconds, lambda: None)
 
 
 class ProtonError(Exception):
@@ -231,7 +223,7 @@ class ProtonServer(object):
                     "proton-server at %s not ready after %.0f s (%s); log %s:\n%s" % (
                         self.url, self.ready_timeout, problem, self.log_file,
                         self.log_tail()))
-            yield _sleep(0.1)
+            yield sleep(0.1)
 
     def start(self):
         """Spawn proton and return L{wait_ready}'s Deferred."""
@@ -244,11 +236,7 @@ class ProtonServer(object):
 
     def log_tail(self, lines=30):
         """The last C{lines} lines of proton's log (for failure messages)."""
-        try:
-            with open(self.log_file, "rb") as f:
-                return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return tail(self.log_file, lines)
 
     def log_text(self):
         """Proton's whole log so far."""
@@ -627,55 +615,16 @@ def shim_config(directory, etcd_url, record, hosts="compute1", controller="SimSe
     Write a shim.conf for a shim over etcd v2 with Gluon 1.x's model, its backend
     recording calls to C{record}; return its path.
     """
-    path = os.path.join(directory, "shim-%s.conf" % (controller,))
-    with open(path, "w") as f:
-        f.write(
-            "[shim]\n"
-            "controller_name = %s\n"
-            "host_list = %s\n"
-            "etcd_endpoints = %s\n"
-            "backend = %s\n"
-            "api_model = %s\n"
-            "resync_interval = 0\n"
-            "[etcd]\n"
-            "api = %s\n"
-            "[backend]\n"
-            "record = %s\n" % (controller, hosts, etcd_url, backend, api_model, api,
-                               record))
-        if metrics_port:
-            f.write("[metrics]\nlisten = %d\n" % (metrics_port,))
-        f.write(extra)
-    return path
-
-
-def twistd_command():
-    """The twistd of the interpreter running this: C{(executable, leading args)}."""
-    beside = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(beside):
-        return beside, []
-    return sys.executable, ["-c", "from twisted.scripts.twistd import run; run()"]
-
-
-class _Output(ProcessProtocol):
-    def __init__(self, path):
-        self.out = open(path, "ab")
-        self.ended = Deferred()
-        self.running = False
-
-    def connectionMade(self):
-        self.running = True
-
-    def childDataReceived(self, fd, data):
-        self.out.write(data)
-        self.out.flush()
-
-    def processEnded(self, reason):
-        self.running = False
-        self.out.close()
-        code = None
-        if reason.check(ProcessDone, ProcessTerminated):
-            code = reason.value.exitCode
-        self.ended.callback(code)
+    sections = ("api_model = %s\n"
+                "resync_interval = 0\n"
+                "[etcd]\n"
+                "api = %s\n"
+                "[backend]\n"
+                "record = %s\n" % (api_model, api, record))
+    if metrics_port:
+        sections += "[metrics]\nlisten = %d\n" % (metrics_port,)
+    return write_config(directory, [etcd_url], controller=controller, hosts=hosts,
+                        backend=backend, extra=sections + extra)
 
 
 class ShimDaemon(object):
@@ -704,15 +653,7 @@ class ShimDaemon(object):
         self.transport = None
 
     def spawn(self):
-        executable, prefix = twistd_command()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"]
-                                    if env.get("PYTHONPATH") else "")
-        self.process = _Output(self.log_file)
-        argv = [executable] + prefix + ["-n", "--pidfile=", "shimserver",
-                                        "--config", self.config]
-        self.transport = reactor.spawnProcess(self.process, executable, argv, env=env,
-                                              path=REPO)
+        self.process, self.transport = spawn_shimserver(self.config, self.log_file)
 
     @inlineCallbacks
     def wait_ready(self):
@@ -722,18 +663,16 @@ class ShimDaemon(object):
         ready within C{ready_timeout} seconds.
         """
         deadline = reactor.seconds() + self.ready_timeout
-        url = "http://127.0.0.1:%d/readyz" % (self.metrics_port,)
         problem = None
         while True:
             if not self.process.running and self.process.ended.called:
                 raise RuntimeError("the shim exited; its output (%s):\n%s" % (
                     self.log_file, self.output()))
             try:
-                response = yield treq.get(url, timeout=2, persistent=False)
-                body = yield response.text()
-                if response.code == 200:
+                code, body = yield get_readyz(self.metrics_port)
+                if code == 200:
                     return self
-                problem = "HTTP %s: %s" % (response.code, body.strip())
+                problem = "HTTP %s: %s" % (code, body.strip())
             except Exception as e:
                 problem = e
             if reactor.seconds() > deadline:
@@ -741,18 +680,14 @@ class ShimDaemon(object):
                                    "output (%s):\n%s" % (
                                        self.ready_timeout, problem, self.log_file,
                                        self.output()))
-            yield _sleep(0.1)
+            yield sleep(0.1)
 
     def start(self):
         self.spawn()
         return self.wait_ready()
 
     def output(self, lines=60):
-        try:
-            with open(self.log_file, "rb") as f:
-                return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return tail(self.log_file, lines)
 
     def calls(self, callback=None, uuid=None):
         """The recorded backend calls (of C{callback}, about C{uuid}, when given)."""
@@ -788,17 +723,8 @@ def start_shim(testcase, etcd_url, **kwargs):
     return daemon
 
 
-@inlineCallbacks
 def wait_until(predicate, timeout=30.0, interval=0.05, what=None):
     """
-    Poll C{predicate} (which may return a Deferred) until true; fail with C{what}
-    after C{timeout} seconds (a liveness bound, not a speed target).
+    L{shim.test.support.wait_for} with the longer bound these process tests take.
     """
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = yield predicate()
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError("timed out waiting for %s" % (what or predicate,))
-        yield _sleep(interval)
+    return wait_for(predicate, timeout=timeout, interval=interval, what=what)

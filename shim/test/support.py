@@ -1,13 +1,20 @@
 """
-Helpers for tests that run the shim service against a real etcd.
+Helpers for tests that run the shim service against a real etcd, in this process
+or as C{twistd} processes.
 """
 
 import json
 import os
+import sys
+
+import treq
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -307,3 +314,104 @@ def check_watch_too_large(testcase, client):
     testcase.assertIsInstance(ended.error, MessageTooLarge)
     testcase.assertEqual([e.mod_revision for e in events], [small.revision])
     testcase.assertEqual(watch.last_revision, small.revision)
+
+
+# -- shim processes ---------------------------------------------------------------
+
+#: The repository: the working directory of the processes tests start, and first on
+#: their path, so that they run the code under test.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def repo_env():
+    """This process's environment with L{REPO} first on C{PYTHONPATH}."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"]
+                                if env.get("PYTHONPATH") else "")
+    return env
+
+
+def twistd_command():
+    """
+    The twistd of the interpreter running the tests: C{(executable, arguments before
+    twistd's own)}.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(beside):
+        return beside, []
+    return sys.executable, ["-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def run_twistd(*args):
+    """
+    Run twistd with C{args} from the repository, with the repository first on the
+    path; a Deferred firing with C{(stdout, stderr, exit code)}.
+    """
+    executable, prefix = twistd_command()
+    return getProcessOutputAndValue(executable, prefix + list(args), env=repo_env(),
+                                    path=REPO)
+
+
+class ProcessLog(ProcessProtocol):
+    """
+    Appends a process's output (stdout and stderr) to the file C{path}.
+
+    @ivar running: whether the process runs.
+    @ivar ended: fires with the exit code (None when killed by a signal) once the
+        process is gone.
+    """
+
+    def __init__(self, path):
+        self.out = open(path, "ab")
+        self.ended = Deferred()
+        self.running = False
+
+    def connectionMade(self):
+        self.running = True
+
+    def childDataReceived(self, fd, data):
+        self.out.write(data)
+        self.out.flush()
+
+    def processEnded(self, reason):
+        self.running = False
+        self.out.close()
+        code = None
+        if reason.check(ProcessDone, ProcessTerminated):
+            code = reason.value.exitCode
+        self.ended.callback(code)
+
+
+def spawn_shimserver(config, log_file):
+    """
+    Start C{twistd -n shimserver --config CONFIG} from the repository, its output
+    appended to C{log_file}: C{(its L{ProcessLog}, its process transport)}.
+    """
+    executable, prefix = twistd_command()
+    process = ProcessLog(log_file)
+    argv = [executable] + prefix + ["-n", "--pidfile=", "shimserver",
+                                    "--config", config]
+    transport = reactor.spawnProcess(process, executable, argv, env=repo_env(),
+                                     path=REPO)
+    return process, transport
+
+
+@inlineCallbacks
+def get_readyz(port):
+    """
+    C{GET /readyz} of the operations endpoint on loopback C{port}: C{(HTTP code,
+    body text)}; fails when the endpoint does not answer within 2 s.
+    """
+    url = "http://127.0.0.1:%d/readyz" % (port,)
+    response = yield treq.get(url, timeout=2, persistent=False)
+    body = yield response.text()
+    return response.code, body
+
+
+def tail(path, lines):
+    """The last C{lines} lines of the file C{path} (for failure messages); "" if none."""
+    try:
+        with open(path, "rb") as f:
+            return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
+    except OSError:
+        return ""

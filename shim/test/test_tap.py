@@ -24,8 +24,8 @@ from twisted.trial.unittest import TestCase
 from shim import tap
 from shim.logs import make_observer
 from shim.plugins.dummy import DummyBackend
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from shim.test.support import (  # noqa: F401 (twistd_command: test_security's)
+    REPO, repo_env, run_twistd, twistd_command)
 
 GOOD = (
     "[shim]\n"
@@ -34,28 +34,6 @@ GOOD = (
     "etcd_endpoints = http://127.0.0.1:2379\n"
     "backend = dummy\n"
 )
-
-
-def twistd_command():
-    """
-    The twistd of the interpreter running the tests.
-    """
-    beside = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(beside):
-        return beside, []
-    return sys.executable, ["-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def run_twistd(*args):
-    """
-    Run twistd with C{args} from the repository, with the repository first on the
-    path; a Deferred firing with C{(stdout, stderr, exit code)}.
-    """
-    executable, prefix = twistd_command()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"]
-                                if env.get("PYTHONPATH") else "")
-    return getProcessOutputAndValue(executable, prefix + list(args), env=env, path=REPO)
 
 
 class TwistdTests(TestCase):
@@ -86,6 +64,21 @@ class TwistdTests(TestCase):
             lines = [line for line in output.splitlines() if line.strip()]
             self.assertEqual(lines, ["shimserver: %s: %s" % (path, expected)])
             self.assertEqual(out, b"")
+
+        return d.addCallback(check)
+
+    def assertHostListEmpty(self, d, path):
+        """
+        The process run by C{d} (firing with C{(out, err, code)}) exits non-zero,
+        its standard error the one line saying that C{path}'s host_list is empty.
+        """
+        def check(result):
+            out, err, code = result
+            self.assertNotEqual(code, 0)
+            self.assertEqual(
+                err.decode().strip(),
+                "shimserver: %s: [shim] host_list: empty; list at least one host or *"
+                % (path,))
 
         return d.addCallback(check)
 
@@ -128,17 +121,8 @@ class TwistdTests(TestCase):
         C{--config-file} (the original's spelling) works like C{--config}.
         """
         path = self.write(GOOD.replace("compute1, compute2", " , "))
-        d = run_twistd("-n", "--pidfile=", "shimserver", "--config-file", path)
-
-        def check(result):
-            out, err, code = result
-            self.assertNotEqual(code, 0)
-            self.assertEqual(
-                err.decode().strip(),
-                "shimserver: %s: [shim] host_list: empty; list at least one host or *"
-                % (path,))
-
-        return d.addCallback(check)
+        return self.assertHostListEmpty(
+            run_twistd("-n", "--pidfile=", "shimserver", "--config-file", path), path)
 
     def test_seed_command(self):
         """
@@ -147,22 +131,9 @@ class TwistdTests(TestCase):
         file stops it with the same one line.
         """
         path = self.write(GOOD.replace("compute1, compute2", " , "))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"]
-                                    if env.get("PYTHONPATH") else "")
-        d = getProcessOutputAndValue(
+        return self.assertHostListEmpty(getProcessOutputAndValue(
             sys.executable, ["-m", "shim.server", "--config-file=" + path],
-            env=env, path=REPO)
-
-        def check(result):
-            out, err, code = result
-            self.assertNotEqual(code, 0)
-            self.assertEqual(
-                err.decode().strip(),
-                "shimserver: %s: [shim] host_list: empty; list at least one host or *"
-                % (path,))
-
-        return d.addCallback(check)
+            env=repo_env(), path=REPO), path)
 
     def test_help(self):
         d = run_twistd("shimserver", "--help")
