@@ -56,7 +56,7 @@ ETCD_V2_ARGS = ("--enable-v2=true",)
 #: The bind result the test backends and the bare responder answer with (as
 #: L{shim.test.support.VIF}, which this module does not import: it must load while
 #: the service code is mid-change, and in the demo).
-VIF = {"vif_type": "ovs", "vif_details": {"port_filter": False, "bridge_name": "br-gluon"}}
+from shim.test.filebackend import VIF  # noqa: E402 (the backend's answer)
 
 #: Gluon 1.x's service and its REST root.
 SERVICE = "net-l3vpn"
