@@ -43,7 +43,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks  # noqa: E402
 
 import bench as v3bench  # noqa: E402  (bench/bench.py)
 from bench import (  # noqa: E402
-    CONTROLLER, OUR_HOSTS, Child, DataSet, _count, _fmt, cpu_model, dummy_backend,
+    CONTROLLER, OUR_HOSTS, Child, DataSet, _count, _fmt, dummy_backend,
     emit, quiet_logging)
 from shim import keys  # noqa: E402
 from shim.config import ShimConfig  # noqa: E402
@@ -219,15 +219,17 @@ def child_backlog(reactor, params):
     yield service.when_ready()
     yield service.queue.idle()
     yield service.results.idle()
-    # Until the shim writes nothing more (its result keys created as {} for the
-    # ports that have none are written in the background).
-    index = None
+    # Until the shim writes nothing more: it creates result keys as {} in the
+    # background, after start-up (and asks etcd for each port with another
+    # controller's result, which it skips: many requests, no new index).
+    index = writes = None
     while True:
         status = yield writer.status()
-        if status.revision == index:
+        now = result_writes(service)
+        if status.revision == index and now == writes:
             break
-        index = status.revision
-        yield task.deferLater(reactor, 0.5, lambda: None)
+        index, writes = status.revision, now
+        yield task.deferLater(reactor, 1.0, lambda: None)
     # One change the shim sees, so that its watch resumes from the store's index
     # (its own result writes since start-up count in v2's window too).
     _, mark, _ = yield write_backlog(writer, 1, params["tag"] + "-mark")
