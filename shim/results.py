@@ -26,7 +26,8 @@ from twisted.logger import Logger
 
 from shim.backoff import Backoff
 from shim.bindresult import EMPTY, controller_of
-from shim.etcd.wire import CasResult, Compare, Op
+from shim.etcd.errors import EtcdError
+from shim.etcd.wire import CasResult, Compare, Op, txn_request
 
 PUBLISH = "publish"
 PUBLISH_AGAIN = "publish_again"
@@ -368,8 +369,10 @@ class Batcher:
     then sent together, as one transaction of up to L{TXN_OPS} operations (a
     compare and a put or delete per key, and the fence's compares once) and
     L{TXN_BYTES}: a burst of 500 binds costs etcd a handful of requests instead of
-    500.  A transaction succeeds or fails whole: when one key's compare fails, each
-    key of it is tried again alone, so that each write hears its own outcome.
+    500.  Each write is a nested transaction of its own within it, so that each
+    hears its own outcome; where nested transactions are refused, a transaction
+    succeeds or fails whole, and when one key's compare fails each key of it is
+    tried again alone.
 
     Without C{txn} (etcd's v2 API) every write is its own request, as it must be.
     """
@@ -381,6 +384,7 @@ class Batcher:
         # (kind, key, value, mod_revision, guard, Deferred) waiting for a turn
         self._queue = []
         self._in_flight = 0
+        self._nested = True
 
     def put_if(self, key, value, mod_revision, guard=()):
         return self._submit(_PUT, key, value, mod_revision, guard)
@@ -429,7 +433,8 @@ class Batcher:
     def _take(self):
         """
         The next batch from the queue: the oldest writes that share its fence, one
-        per key, within etcd's limits.
+        per key, within etcd's limits.  Only the writes taken, and those passed over
+        on the way, are looked at: a long queue costs nothing per batch.
         """
         queue = self._queue
         guard = queue[0][4]
@@ -437,53 +442,88 @@ class Batcher:
         size = 0
         keys = set()
         batch = []
-        rest = []
-        for item in queue:
+        passed = []
+        i = 0
+        for i, item in enumerate(queue):
+            if len(batch) == room:
+                break
             kind, key, value, _, item_guard, _ = item
             cost = len(key) + (len(value) if value is not None else 0) + 64
-            if (len(batch) < room and item_guard == guard and key not in keys
-                    and (not batch or size + cost <= TXN_BYTES)):
+            if batch and size + cost > TXN_BYTES:
+                break
+            if item_guard == guard and key not in keys:
                 batch.append(item)
                 keys.add(key)
                 size += cost
             else:
-                rest.append(item)
-        self._queue = rest
+                passed.append(item)
+        else:
+            i = len(queue)
+        self._queue = passed + queue[i:]
         return batch
 
     @inlineCallbacks
     def _transaction(self, batch):
-        compare = list(batch[0][4])
-        success = []
+        """
+        Send C{batch} as one transaction: the fence's compares, then per write a
+        nested transaction holding its own compare-and-set, so that each write
+        succeeds or fails on its own (etcd 3.3 and later).  Without nested
+        transactions (a client that refuses them), one compare per write in the
+        transaction itself: one stale key fails them all, and each is then tried
+        alone.
+        """
+        guard = list(batch[0][4])
+        compares = []
+        ops = []
         for kind, key, value, mod_revision, _, _ in batch:
             if mod_revision:
-                compare.append(Compare.mod_revision(key, "==", mod_revision))
+                compares.append(Compare.mod_revision(key, "==", mod_revision))
             else:
-                compare.append(Compare.version(key, "==", 0))
-            success.append(Op.put(key, value) if kind == _PUT else Op.delete(key))
-        try:
-            result = yield maybeDeferred(self._client.txn, compare=compare,
-                                         success=success)
-        except NotImplementedError:
-            # etcd's v2 API: no transactions; from now on one request per write.
-            self._batching = False
-            result = None
-        except Exception:
-            failure = Failure()
-            for item in batch:
-                item[5].errback(failure)
-            return
+                compares.append(Compare.version(key, "==", 0))
+            ops.append(Op.put(key, value) if kind == _PUT else Op.delete(key))
+        result = None
+        if self._nested:
+            success = [{"request_txn": txn_request([c], [op])}
+                       for c, op in zip(compares, ops)]
+            try:
+                result = yield maybeDeferred(self._client.txn, compare=guard,
+                                             success=success)
+            except EtcdError:
+                self._fail(batch, Failure())
+                return
+            except NotImplementedError:
+                # etcd's v2 API: no transactions; from now on one request per write.
+                self._batching = False
+            except Exception:
+                self._nested = False
+        if result is None and self._batching and not self._nested:
+            try:
+                result = yield maybeDeferred(self._client.txn, compare=guard + compares,
+                                             success=ops)
+            except NotImplementedError:
+                self._batching = False
+            except Exception:
+                self._fail(batch, Failure())
+                return
         if result is not None and result.succeeded:
             responses = list(result.responses) + [None] * len(batch)
             for item, response in zip(batch, responses):
+                succeeded = True
+                if self._nested:
+                    succeeded = bool(getattr(response, "succeeded", False))
                 revision = getattr(response, "revision", 0) or result.revision
-                item[5].callback(CasResult(True, revision))
+                item[5].callback(CasResult(succeeded, revision))
             return
-        # One stale key (or the fence) failed them all: each on its own.  (On v2,
-        # each on its own from the start.)
+        # The fence (or, without nested transactions, one stale key) failed them
+        # all: each on its own.  (On v2, each on its own from the start.)
         tries = []
         for kind, key, value, mod_revision, guard, d in batch:
             sent = self._alone(kind, key, value, mod_revision, guard)
             sent.chainDeferred(d)
             tries.append(sent)
         yield DeferredList(tries, consumeErrors=True)
+
+    @staticmethod
+    def _fail(batch, failure):
+        for item in batch:
+            item[5].errback(failure)
