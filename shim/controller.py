@@ -117,6 +117,8 @@ class Controller:
         # vif_details JSON text -> (dict, text) shared by the bind results that have it
         self._details = {}
         self.queue = queue_factory(self._reconcile)
+        #: True while a full snapshot is being applied (set by the service).
+        self.snapshotting = False
         self._is_our_host = config.is_our_host
 
     # -- marking
@@ -131,6 +133,10 @@ class Controller:
         if table == schema.port:
             if obj is not None:
                 self._port_row(name, prev, obj)
+                if prev is None and not self.snapshotting:
+                    # A new port: its result key is created as {} now (proton's
+                    # wait-index bug); a snapshot creates those it found missing.
+                    self.writer.precreate(name)
             else:
                 self._bind_seen.pop(name, None)
             mark(name)
@@ -167,6 +173,9 @@ class Controller:
         bind result's vif attributes into the model's port.
         """
         told = self.told.get(uuid)
+        if prev is not None:
+            # The state stays what it was until the reconcile decides again.
+            port.binding = prev.binding
         if told is None:
             if (
                 portstate.is_bind_request(port)
@@ -215,6 +224,7 @@ class Controller:
             if uuid not in seen and uuid not in writer.pending:
                 # Our result went missing: the reconcile writes it again.
                 writer.note(uuid, 0, None)
+        self.snapshotting = False
         if first:
             self._restore(ours)
         for uuid in self.model.ports:
@@ -382,11 +392,8 @@ class Controller:
         port = model.ports.get(uuid)
         told = self.told.get(uuid)
         writer = self.writer
-        if told is None:
-            if port is not None:
-                writer.precreate(uuid)
-            elif not writer.names_us(uuid):
-                writer.remove_empty(uuid)
+        if told is None and port is None and not writer.names_us(uuid):
+            writer.remove_empty(uuid)
         ours = writer.names_us(uuid)
         changed = told is not None and port is not None and _differs(told.port, port)
         current = True
@@ -466,12 +473,17 @@ class Controller:
         )
 
     def _unbound(self, uuid, port):
+        told = self.told.get(uuid)
         self._set_told(uuid, None)
         if port is not None:
             port.result = None
-            for name in VIF_ATTRIBUTES:
-                if name in port:
-                    port[name] = None
+            result = told.result if told is not None else None
+            if result is not None:
+                # Clear the vif attributes we merged in; what proton wrote itself
+                # (1.x's unbind writes vif_details "{}") stays as etcd has it.
+                for name, value in result.vif_attributes().items():
+                    if port.get(name) == value:
+                        port[name] = None
 
     def _told_call(self, callback, uuid, args, then):
         """

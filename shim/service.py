@@ -116,6 +116,7 @@ class ShimService(Service):
 
     def snapshot_started(self):
         self.queue.pause()
+        self.controller.snapshotting = True
 
     def snapshot_applied(self, first, results):
         if (first and self._own_client and not self._looked_elsewhere
