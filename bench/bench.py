@@ -432,7 +432,12 @@ def child_events(reactor, params):
         """The shim's client, reading /proton/ at the revision before the backlog."""
 
         def get_all(self, prefix, revision=None, **kwargs):
-            return EtcdClient.get_all(self, prefix, revision or base, **kwargs)
+            return EtcdClient.get_all(self, prefix, base, **kwargs)
+
+        def status(self):
+            # The snapshot's revision comes from status(): the one before the backlog.
+            return EtcdClient.status(self).addCallback(
+                lambda status: status._replace(revision=base))
 
         def watch(self, *args, **kwargs):
             marks.setdefault("watch", time.perf_counter())
