@@ -88,6 +88,7 @@ class Follower:
         self._other_apis = set()
         self._first_snapshot = True
         self._restore = False
+        self._watch_from = 1
 
     # -- life cycle
 
@@ -238,9 +239,13 @@ class Follower:
 
         @return: the watch; C{watch.done} fires with its L{WatchEnded}.
         """
+        # From the last revision seen, itself included: a revision's events may
+        # come in several messages (fragments), and a watch broken between them must
+        # not skip the rest.  Applying an event again is a no-op (the model keeps
+        # the newer or equal revision).
         watch = self.client.watch(
             PROTON_PREFIX,
-            self.revision + 1,
+            self._watch_from,
             self._on_watch_event,
             prefix=True,
             prev_kv=False,
@@ -276,7 +281,7 @@ class Follower:
         return ended
 
     def _on_watch_event(self, event):
-        self.revision = event.mod_revision
+        self.revision = self._watch_from = event.mod_revision
         key = event.key
         if event.type == DELETE and key.endswith("/"):
             # v2: a directory deleted or expired, as one event.
@@ -287,6 +292,7 @@ class Follower:
     def _on_progress(self, revision):
         if revision > self.revision:
             self.revision = revision
+            self._watch_from = revision + 1
 
     # -- applying changes
 
@@ -318,9 +324,9 @@ class Follower:
             except BadValue as e:
                 self._bad_input("bad_value", key, revision, e)
                 return
-        self.metrics.child(self.metrics.events, table, kind).inc()
         applied, prev = self.model.store(table, name, obj, revision)
         if applied:
+            self.metrics.child(self.metrics.events, table, kind).inc()
             self.sink.changed(table, name, prev, obj)
 
     def _delete_under(self, prefix, revision):
@@ -398,6 +404,8 @@ class Follower:
         )
         self._apply_deletions(present, revision, None)
         self.revision = revision
+        # The snapshot holds all of its revision: watch from the next one.
+        self._watch_from = revision + 1
         self.synchronised = True
         first, self._first_snapshot = self._first_snapshot, False
         restore, self._restore = self._restore, False

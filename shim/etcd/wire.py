@@ -246,6 +246,9 @@ def watch_create_request(key, start_revision=None, prefix=True, prev_kv=True,
         create["prev_kv"] = True
     if progress_notify:
         create["progress_notify"] = True
+    # A backlog's answer may hold a great many events at once: etcd splits it into
+    # fragments of at most its request size, delivered in order.
+    create["fragment"] = True
     return {"create_request": create}
 
 
