@@ -119,6 +119,11 @@ class Controller:
         self.queue = queue_factory(self._reconcile)
         #: True while a full snapshot is being applied (set by the service).
         self.snapshotting = False
+        #: Whether result keys are created as {} when ports appear: a work-around
+        #: for the wait-index bug of proton's v2 client (docs/real-proton.md).  Over
+        #: v3 it would only make a proton that waits from the key's revision start
+        #: its watch in the past, which etcd serves from its 100 ms sync loop.
+        self.precreate_results = getattr(config, "etcd_api", "v3") == "v2"
         self._is_our_host = config.is_our_host
 
     # -- marking
@@ -133,7 +138,7 @@ class Controller:
         if table == schema.port:
             if obj is not None:
                 self._port_row(name, prev, obj)
-                if prev is None and not self.snapshotting:
+                if prev is None and not self.snapshotting and self.precreate_results:
                     # A new port: its result key is created as {} now (proton's
                     # wait-index bug); a snapshot creates those it found missing.
                     self.writer.precreate(name)
@@ -227,9 +232,10 @@ class Controller:
         self.snapshotting = False
         if first:
             self._restore(ours)
-        for uuid in self.model.ports:
-            if uuid not in seen:
-                writer.precreate(uuid)
+        if self.precreate_results:
+            for uuid in self.model.ports:
+                if uuid not in seen:
+                    writer.precreate(uuid)
         # Every port on our hosts is reconciled: refused and failed binds are tried
         # again, missing or foreign results repaired.
         self._rejected.clear()
