@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 import uuid as uuidlib

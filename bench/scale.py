@@ -45,7 +45,6 @@ from bench import (  # noqa: E402
     cpu_model, emit, percentile, quiet_logging, rss_kib)
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks  # noqa: E402
-from twisted.internet.protocol import ProcessProtocol  # noqa: E402
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
 from shim import keys  # noqa: E402

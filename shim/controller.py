@@ -28,15 +28,13 @@ an older version and marks the service, whose worker calls C{modify_service} (or
 C{delete_service}).
 """
 
-import json
-
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from shim import bindresult, portstate
 from shim.bindresult import MalformedAnswer
-from shim.model import Changes, ModelObject, Port
-from shim.portstate import BOUND, INUSE, UNBOUND
+from shim.model import Changes, Port
+from shim.portstate import BOUND, UNBOUND
 from shim.schema import VIF_ATTRIBUTES, VOLATILE
 
 #: Seconds after a port migrated to another controller's host before this shim
@@ -117,7 +115,7 @@ class Controller:
         # vif_details JSON text -> (dict, text) shared by the bind results that have it
         self._details = {}
         self.queue = queue_factory(self._reconcile)
-        #: True while a full snapshot is being applied (set by the service).
+        #: True while a full snapshot is being applied.
         self.snapshotting = False
         #: Whether result keys are created as {} when ports appear: a work-around
         #: for the wait-index bug of proton's v2 client (docs/real-proton.md).  Over
@@ -202,7 +200,13 @@ class Controller:
         if told.result is not None:
             _merge(port, told.result)
 
-    def snapshot_applied(self, first, results, objects_marked=None):
+    def snapshot_started(self):
+        """
+        A full snapshot is about to be applied: its ports are not new ports.
+        """
+        self.snapshotting = True
+
+    def snapshot_applied(self, first, results):
         """
         A snapshot has been applied to the model.
 
@@ -289,15 +293,6 @@ class Controller:
                 port.binding = BOUND
                 port.result = result
                 _merge(port, result)
-
-    def forget_all(self):
-        """
-        Forget what the backend was told (another shim acted meanwhile: a takeover
-        restores it from etcd's results).
-        """
-        self.told.clear()
-        self._service_users.clear()
-        self._rejected.clear()
 
     # -- the versions of services
 
@@ -638,14 +633,6 @@ class Controller:
         if drop:
             self._service_users.pop(service, None)
 
-    # -- reading
-
-    def state_counts(self):
-        counts = {UNBOUND: 0, BOUND: 0, INUSE: 0}
-        for port in self.model.ports.values():
-            counts[port.binding] = counts.get(port.binding, 0) + 1
-        return counts
-
 
 def _then(outcome, callback, record):
     def done(answer):
@@ -731,6 +718,3 @@ def _service_changes(old, current):
             return Changes.between(_comparable(prev), _comparable(rt))
     return changes
 
-
-__all__ = ["Controller", "Told", "RELEASE_DELAY", "PORT", "SERVICE", "ModelObject",
-           "json"]

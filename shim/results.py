@@ -126,7 +126,7 @@ class ResultWriter:
         Drop every wish (this shim stopped acting).
         """
         for uuid in list(self.delayed):
-            self._cancel_delayed(uuid)
+            self._drop(uuid)
         self.pending.clear()
         for pause in list(self._pauses.values()):
             pause.cancel()
@@ -233,7 +233,6 @@ class ResultWriter:
         if call is not None and call.active():
             call.cancel()
 
-    _cancel_delayed = _drop
 
     def _want(self, uuid, wish):
         self._drop(uuid)

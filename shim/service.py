@@ -122,7 +122,7 @@ class ShimService(Service):
 
     def snapshot_started(self):
         self.queue.pause()
-        self.controller.snapshotting = True
+        self.controller.snapshot_started()
 
     def snapshot_applied(self, first, results):
         if (first and self._own_client and not self._looked_elsewhere

@@ -22,7 +22,6 @@ from collections import OrderedDict
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from shim.backoff import Backoff
 
@@ -279,4 +278,3 @@ def _show(key):
     return str(key)
 
 
-__all__ = ["WorkQueue", "BATCH", "Failure"]

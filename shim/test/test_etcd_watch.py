@@ -15,7 +15,7 @@ from shim.etcd import (
 from shim.etcd import watch as watch_module
 from shim.etcd.watch import LineTooLarge, Watch
 from shim.test.etcdserver import EtcdServerMixin, b64, refused_url
-from shim.test.support import check_watch_too_large, sleep, wait_for
+from shim.test.support import check_watch_too_large, wait_for
 
 
 class ParserTests(SynchronousTestCase):

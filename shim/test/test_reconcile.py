@@ -35,7 +35,7 @@ from shim.portstate import BOUND, INUSE, UNBOUND
 from shim.proton import ProtonClient, encode_object
 from shim.service import ShimService
 from shim.etcd.wire import prefix_end
-from shim.test.etcdserver import EtcdServer, b64, start_etcd
+from shim.test.etcdserver import b64, start_etcd
 from shim.test.proxy import FaultProxy
 from shim.test.support import (
     VIF,
