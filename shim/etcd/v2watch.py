@@ -226,6 +226,9 @@ class V2Watch(Watch):
         expected = int(node["modifiedIndex"])
         if self.last_revision >= expected:
             return
+        if self._check_timer is not None and self._check_timer.active():
+            # One check at a time: a second would be left behind, unreferenced.
+            self._check_timer.cancel()
         self._check_timer = self._reactor.callLater(
             self.probe_interval, self._check_delivered, expected)
 
