@@ -480,7 +480,8 @@ class ExpiredTokenTests(ReconcileCase):
             if s.name == "shim_watch_restarts_total")
         # Idle past the token's life.
         yield sleep(3)
-        self.assertEqual(restarts(), 0)
+        # A loaded machine can see one ordinary restart; the old loop made about 40.
+        self.assertLessEqual(restarts(), 1)
         yield self.make_port("p2")
         outcome = yield self.proton.bind("p2", "compute1", "vm2")
         self.assertEqual(outcome.result["controller"], "SimServer")
