@@ -34,9 +34,21 @@ PUBLISH_AGAIN = "publish_again"
 PRECREATE = "precreate"
 
 #: What L{ResultWriter.known} holds for a key that exists with an unknown value.
-EXISTS = (-1, None)
+EXISTS = (-1, None, False)
 CLEAR = "clear"
 REMOVE = "remove"
+
+
+def fingerprint(value):
+    """
+    What L{ResultWriter.known} keeps of a result value (bytes, or C{None} for an
+    absent key): its 64-bit hash.  Two different results taken for the same is a
+    chance of one in 2**64 per comparison.
+    """
+    return None if value is None else hash(value)
+
+
+_EMPTY = fingerprint(EMPTY)
 
 #: Compare failures in a row before a write backs off like a failure.
 MAX_CONFLICTS = 5
@@ -48,8 +60,11 @@ class ResultWriter:
 
     @ivar pending: port uuid to the latest wish not yet done.
     @ivar delayed: port uuid to the delayed call of a clear asked with a delay.
-    @ivar known: port uuid to C{(mod_revision, value)} as last read or written; a
-        revision of 0 means the key was absent.
+    @ivar known: port uuid to C{(mod_revision, fingerprint, ours)} as last read or
+        written: the value's L{fingerprint} (C{None} when the key was absent, with a
+        revision of 0) and whether it names this controller.  A fingerprint rather
+        than the value: with hundreds of thousands of bound ports, the values would
+        cost a few hundred bytes each.
     """
 
     log = Logger()
@@ -146,7 +161,7 @@ class ResultWriter:
 
         def created(outcome):
             if outcome.succeeded and self.known.get(uuid) is EXISTS:
-                self.known[uuid] = (outcome.revision, EMPTY)
+                self._remember(uuid, outcome.revision, EMPTY)
             self._count(PRECREATE, "ok" if outcome.succeeded else "skipped")
 
         def failed(failure):
@@ -164,7 +179,7 @@ class ResultWriter:
         deleted port's key, created by proton or by L{precreate}); never a result.
         """
         known = self.known.pop(uuid, None)
-        if (known is None or known is EXISTS or known[1] != EMPTY or known[0] <= 0
+        if (known is None or known is EXISTS or known[1] != _EMPTY or known[0] <= 0
                 or uuid in self.pending or self._stopped or not self._acting()):
             return
         d = self._cas.delete_if(self._schema.result_key(uuid), known[0])
@@ -175,9 +190,24 @@ class ResultWriter:
 
     def note(self, uuid, mod_revision, value):
         """
-        Remember what etcd holds for port C{uuid}'s result key, as read by a snapshot.
+        Remember what etcd holds for port C{uuid}'s result key, as read by a snapshot
+        (C{value} C{None}: absent).
         """
-        self.known[uuid] = (mod_revision, value)
+        self._remember(uuid, mod_revision, value)
+
+    def _remember(self, uuid, mod_revision, value):
+        self.known[uuid] = (
+            mod_revision, fingerprint(value),
+            value is not None and controller_of(value) == self._controller,
+        )
+
+    def revision(self, uuid):
+        """
+        The mod_revision of port C{uuid}'s result key as last read or written (0 when
+        absent or unknown).
+        """
+        known = self.known.get(uuid)
+        return known[0] if known is not None and known[0] > 0 else 0
 
     def forget(self, uuid):
         self.known.pop(uuid, None)
@@ -191,7 +221,7 @@ class ResultWriter:
         if wish is not None:
             return wish[0] in (PUBLISH, PUBLISH_AGAIN) and wish[1] == value
         known = self.known.get(uuid)
-        return known is not None and known[1] == value
+        return known is not None and known[1] == fingerprint(value)
 
     def names_us(self, uuid):
         """
@@ -205,7 +235,7 @@ class ResultWriter:
             # A write may be landing: clear or delete after it, compare-and-set.
             return True
         known = self.known.get(uuid)
-        return known is not None and controller_of(known[1]) == self._controller
+        return known is not None and known[2]
 
     def idle(self):
         """
@@ -284,7 +314,7 @@ class ResultWriter:
                 if self.pending.get(uuid) is wish:
                     del self.pending[uuid]
                     if on_written is not None and outcome:
-                        on_written(self.known.get(uuid, (0, None))[0])
+                        on_written(self.revision(uuid))
         finally:
             self._running.discard(uuid)
             if not self.pending or self._stopped:
@@ -316,21 +346,21 @@ class ResultWriter:
         if known is None or known[0] < 0:
             found = yield self._client.get(key)
             if found.kvs:
-                known = (found.kvs[0].mod_revision, found.kvs[0].value)
+                self._remember(uuid, found.kvs[0].mod_revision, found.kvs[0].value)
             else:
-                known = (0, None)
-            self.known[uuid] = known
-        revision, current = known
+                self._remember(uuid, 0, None)
+            known = self.known[uuid]
+        revision, current, ours = known
         if kind in (PUBLISH, PUBLISH_AGAIN):
-            if current == value and kind == PUBLISH:
+            if current == fingerprint(value) and kind == PUBLISH:
                 return False
             done = yield self._cas.put_if(key, value, revision, guard=self._fence())
         elif kind == CLEAR:
-            if current is None or current == EMPTY or controller_of(current) != self._controller:
+            if current is None or current == _EMPTY or not ours:
                 return False
             done = yield self._cas.put_if(key, EMPTY, revision, guard=self._fence())
         else:
-            if current is None or controller_of(current) != self._controller:
+            if current is None or not ours:
                 return False
             done = yield self._cas.delete_if(key, revision, guard=self._fence())
         if not done.succeeded:
@@ -339,7 +369,7 @@ class ResultWriter:
         if kind == REMOVE:
             self.known.pop(uuid, None)
         else:
-            self.known[uuid] = (done.revision, value)
+            self._remember(uuid, done.revision, value)
         return True
 
     def _count(self, kind, outcome):

@@ -91,7 +91,9 @@ class PublishTests(WriterCase):
         self.assertEqual(self.value(), OURS.encode())
         self.assertEqual(self.written, [self.kv().mod_revision])
         self.assertEqual(self.writer.pending, {})
-        self.assertEqual(self.writer.known["p1"], (self.kv().mod_revision, OURS.encode()))
+        self.assertEqual(self.writer.revision("p1"), self.kv().mod_revision)
+        self.assertTrue(self.writer.holds("p1", OURS.encode()))
+        self.assertTrue(self.writer.names_us("p1"))
         self.assertEqual(self.writes("publish", "ok"), 1)
         self.successResultOf(self.writer.idle())
 
