@@ -11,7 +11,10 @@ snapshot, a resync or a restart does.  The queue
   - requeues a failed key after its own capped exponential backoff, reset when it
     succeeds;
   - runs at most L{BATCH} synchronous reconciles per reactor turn, so that a resync
-    marking a million keys never holds the reactor (and the binds behind it) up.
+    marking a million keys never holds the reactor (and the binds behind it) up;
+  - keeps the keys a sweep marks (a snapshot, a resync: every port on our hosts)
+    behind the keys events mark, so that a bind asked during a resync of a million
+    ports is reconciled at once, not after them.
 
 A reconcile is C{reconcile(key)}: it returns C{None} when the key is done, or the name
 of what failed (a callback, or C{"write_result"}) when it must be tried again, or a
@@ -27,6 +30,8 @@ from shim.backoff import Backoff
 
 #: Synchronous reconciles per reactor turn.
 BATCH = 500
+
+_DONE = object()
 
 
 class WorkQueue:
@@ -46,6 +51,10 @@ class WorkQueue:
         self._new_backoff = backoff
         # key -> when it was first marked dirty, in marking order
         self._dirty = OrderedDict()
+        # the same, for keys marked by a sweep: reconciled when _dirty is empty
+        self._swept = OrderedDict()
+        # keys of a sweep over every key, drawn when both are empty
+        self._sweep = None
         self._running = set()
         # keys marked again while their worker ran
         self._again = {}
@@ -67,25 +76,52 @@ class WorkQueue:
             return
         if key in self._dirty:
             return
+        marked = self._swept.pop(key, None)
         call = self._delayed.pop(key, None)
         if call is not None and call.active():
             # A change does not wait for the backoff of an earlier failure.
             call.cancel()
-        self._dirty[key] = self._clock.seconds()
+        self._dirty[key] = self._clock.seconds() if marked is None else marked
         self._schedule()
 
     def mark_all(self, keys):
         for key in keys:
             self.mark(key)
 
+    def sweep_all(self, keys):
+        """
+        Reconcile each of C{keys} (an iterator, drawn lazily) once no other key
+        waits: a sweep over a million ports never holds them all in the queue.  The
+        iterator may yield C{None} to give the turn's budget back while it skips.
+        A new sweep replaces one not yet done: it covers every key again.
+        """
+        self._sweep = iter(keys)
+        self._schedule()
+
+    def sweep(self, key):
+        """
+        Ask for C{key} to be reconciled once no key marked by L{mark} waits: a sweep
+        over every key, which a change of any key overtakes.
+        """
+        if key in self._running:
+            self._again.setdefault(key, self._clock.seconds())
+            return
+        if key in self._dirty or key in self._swept or key in self._delayed:
+            # Already to be reconciled (a retry waiting for its backoff included).
+            return
+        self._swept[key] = self._clock.seconds()
+        self._schedule()
+
     def __len__(self):
         """
         The keys dirty or being reconciled (not those waiting for a retry).
         """
-        return len(self._dirty) + len(self._running | self._again.keys())
+        return (len(self._dirty) + len(self._swept)
+                + len(self._running | self._again.keys()))
 
     def __contains__(self, key):
-        return key in self._dirty or key in self._running or key in self._delayed
+        return (key in self._dirty or key in self._swept or key in self._running
+                or key in self._delayed)
 
     def busy(self, key):
         """
@@ -106,7 +142,8 @@ class WorkQueue:
         """
         The keys waiting for a worker (dirty, or waiting for a retry).
         """
-        return len(self._dirty) + len(self._delayed) + len(self._again)
+        return (len(self._dirty) + len(self._swept) + len(self._delayed)
+                + len(self._again))
 
     def oldest_age(self):
         """
@@ -114,8 +151,11 @@ class WorkQueue:
         """
         now = self._clock.seconds()
         oldest = None
-        if self._dirty:
-            oldest = next(iter(self._dirty.values()))
+        for dirty in (self._dirty, self._swept):
+            if dirty:
+                t = next(iter(dirty.values()))
+                if oldest is None or t < oldest:
+                    oldest = t
         for t in self._again.values():
             if oldest is None or t < oldest:
                 oldest = t
@@ -138,7 +178,8 @@ class WorkQueue:
             # Paused (a standby, or stopping): what is marked waits; only the workers
             # running now keep the queue busy.
             return not self._running
-        return not self._dirty and not self._running and not self._again
+        return (not self._dirty and not self._swept and self._sweep is None
+                and not self._running and not self._again)
 
     # -- control
 
@@ -159,6 +200,8 @@ class WorkQueue:
         """
         self._generation += 1
         self._dirty.clear()
+        self._swept.clear()
+        self._sweep = None
         self._again.clear()
         for call in self._delayed.values():
             if call.active():
@@ -183,7 +226,7 @@ class WorkQueue:
     # -- running
 
     def _schedule(self):
-        if self.paused or not self._dirty:
+        if self.paused or not (self._dirty or self._swept or self._sweep):
             return
         if self._pump_call is None or not self._pump_call.active():
             self._pump_call = self._clock.callLater(0, self._pump)
@@ -191,11 +234,24 @@ class WorkQueue:
     def _pump(self):
         self._pump_call = None
         budget = BATCH
-        while self._dirty and budget > 0 and not self.paused:
-            key, _ = self._dirty.popitem(last=False)
+        while budget > 0 and not self.paused:
+            if self._dirty:
+                key, _ = self._dirty.popitem(last=False)
+            elif self._swept:
+                key, _ = self._swept.popitem(last=False)
+            elif self._sweep is not None:
+                budget -= 1
+                key = next(self._sweep, _DONE)
+                if key is _DONE:
+                    self._sweep = None
+                elif key is not None:
+                    self.sweep(key)
+                continue
+            else:
+                break
             budget -= 1
             self._run(key)
-        if self._dirty and not self.paused:
+        if (self._dirty or self._swept or self._sweep) and not self.paused:
             self._schedule()
         elif self._is_idle():
             self._wake_idle()
@@ -231,7 +287,7 @@ class WorkQueue:
             again = self._again.pop(key, None)
             if again is not None and key not in self._dirty:
                 self._dirty[key] = again
-            if self._dirty:
+            if self._dirty or self._swept or self._sweep:
                 self._schedule()
             elif self._is_idle():
                 self._wake_idle()
@@ -262,6 +318,7 @@ class WorkQueue:
     def _retry(self, key):
         self._delayed.pop(key, None)
         if key not in self._dirty and key not in self._running:
+            self._swept.pop(key, None)
             self._dirty[key] = self._clock.seconds()
             self._schedule()
 

@@ -112,6 +112,104 @@ class MarkingTests(WorkQueueCase):
         self.turn()
         self.assertEqual(self.reconcile.runs, ["c", "a", "b"])
 
+    def test_sweep_after_marks(self):
+        """
+        Keys a sweep marks run after every key marked by a change, even one marked
+        later: a bind asked during a resync does not wait for the resync's keys.
+        """
+        clock = TurnClock()
+        queue = WorkQueue(self.reconcile, clock, self.metrics)
+        swept = ["s%d" % (i,) for i in range(BATCH + 5)]
+        for key in swept:
+            queue.sweep(key)
+        queue.mark("a")
+        clock.turn()
+        self.assertEqual(self.reconcile.runs[0], "a")
+        self.assertEqual(self.reconcile.runs[1:], swept[:BATCH - 1])
+        queue.mark("b")
+        clock.turn()
+        self.assertEqual(self.reconcile.runs[BATCH], "b")
+        self.assertEqual(self.reconcile.runs[BATCH + 1:], swept[BATCH - 1:])
+        self.assertEqual(len(queue), 0)
+
+    def test_sweep_dedup(self):
+        """
+        A key swept and marked runs once, in the marks' lane; a key marked then swept
+        stays there; sweeping twice runs once.
+        """
+        self.queue.sweep("s")
+        self.queue.sweep("s")
+        self.queue.sweep("a")
+        self.queue.mark("b")
+        self.queue.mark("a")
+        self.queue.sweep("b")
+        self.assertEqual(len(self.queue), 3)
+        self.assertEqual(self.queue.depth, 3)
+        self.assertIn("s", self.queue)
+        self.turn()
+        self.assertEqual(self.reconcile.runs, ["b", "a", "s"])
+
+    def test_sweep_while_running(self):
+        """
+        A key swept while its worker runs is reconciled again after it.
+        """
+        self.reconcile.outcomes["a"] = ["hang"]
+        self.queue.mark("a")
+        self.turn()
+        self.queue.sweep("a")
+        self.reconcile.hanging["a"].callback(None)
+        self.turn()
+        self.assertEqual(self.reconcile.runs, ["a", "a"])
+
+    def test_sweep_all_drawn_lazily(self):
+        """
+        L{WorkQueue.sweep_all} draws its keys only when no other key waits (a key
+        marked meanwhile runs first, and again when the sweep reaches it: a
+        reconcile of a key in step is a no-op), skips the C{None}s, and a newer
+        sweep replaces the one not done.
+        """
+        drawn = []
+
+        def keys(names):
+            for name in names:
+                drawn.append(name)
+                yield name
+
+        self.queue.sweep_all(keys(["a", None, "b", "c"]))
+        self.queue.mark("b")
+        self.assertEqual(drawn, [])
+        self.assertEqual(len(self.queue), 1)
+        self.turn()
+        self.assertEqual(self.reconcile.runs, ["b", "a", "b", "c"])
+        self.queue.sweep_all(keys(["x", "y"]))
+        self.queue.sweep_all(keys(["z"]))
+        self.turn()
+        self.assertEqual(self.reconcile.runs, ["b", "a", "b", "c", "z"])
+        self.assertEqual(len(self.queue), 0)
+        self.successResultOf(self.queue.idle())
+
+    def test_sweep_all_waits_while_paused(self):
+        """
+        A paused queue draws nothing from a sweep; it does when resumed.
+        """
+        self.queue.pause()
+        self.queue.sweep_all(iter(["a"]))
+        self.turn()
+        self.assertEqual(self.reconcile.runs, [])
+        self.queue.resume()
+        self.turn()
+        self.assertEqual(self.reconcile.runs, ["a"])
+
+    def test_sweep_discarded(self):
+        """
+        L{WorkQueue.discard} drops swept keys too.
+        """
+        self.queue.sweep("a")
+        self.queue.discard()
+        self.turn()
+        self.assertEqual(self.reconcile.runs, [])
+        self.assertEqual(len(self.queue), 0)
+
     def test_one_worker_per_key(self):
         """
         A key marked while its worker runs gets no second worker meanwhile; other
