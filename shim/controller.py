@@ -28,6 +28,8 @@ an older version and marks the service, whose worker calls C{modify_service} (or
 C{delete_service}).
 """
 
+import sys
+
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
@@ -36,6 +38,7 @@ from shim.bindresult import MalformedAnswer
 from shim.model import Changes, Port
 from shim.portstate import BOUND, UNBOUND
 from shim.schema import VIF_ATTRIBUTES, VOLATILE
+from shim.turns import walk
 
 #: Seconds after a port migrated to another controller's host before this shim
 #: clears its old bind result: proton waits about 8 seconds for the new one.
@@ -59,26 +62,78 @@ class Told:
     """
     What the backend has been told about one port bound by this shim.
 
-    @ivar placement: C{(host_id, device_id)} it was bound for.
+    One per bound port, hundreds of thousands of them on a large site: the
+    placement is the result's, and the bindings and services are kept as tuples of
+    pairs (a port has one or two), not dicts.
+
     @ivar port: the port object as last told (the C{changes.prev} of the next call).
     @ivar result: the L{shim.bindresult.BindResult} published for it.
     @ivar result_revision: the etcd revision our result was last written at (0 when
         unknown).
-    @ivar bindings: binding name to the binding object last told.
-    @ivar services: service id to the version last told (L{Controller.version}).
+    @ivar bindings: binding name and binding object last told, in turn, in one
+        flat tuple (L{_pairs}).
+    @ivar services: service id and the version last told (L{Controller.version}),
+        in turn, in one flat tuple.
     """
 
-    __slots__ = ("placement", "port", "result", "result_revision", "bindings",
-                 "services", "asked_again")
+    __slots__ = ("port", "result", "result_revision", "bindings", "services",
+                 "asked_again")
 
-    def __init__(self, placement, port, result, bindings, services):
-        self.placement = placement
+    def __init__(self, port, result, bindings, services=()):
         self.port = port
         self.result = result
         self.result_revision = 0
         self.bindings = bindings
         self.services = services
         self.asked_again = False
+
+    @property
+    def placement(self):
+        """
+        C{(host_id, device_id)} the port was bound for: its result's.
+        """
+        result = self.result
+        return (result.host_id, result.device_id) if result is not None else None
+
+
+def _pairs(flat):
+    """
+    The C{(name, value)} pairs of a flat tuple C{(name, value, name, value, ...)}:
+    a port's few bindings and services kept as one tuple, not a dict or a tuple of
+    tuples each.
+    """
+    return zip(flat[::2], flat[1::2])
+
+
+def _flat(pairs):
+    """
+    A flat tuple of C{(name, value)} pairs.
+    """
+    return tuple([item for pair in pairs for item in pair])
+
+
+def _get(flat, name):
+    """
+    The value paired with C{name} in a flat tuple, or C{None}.
+    """
+    for key, value in _pairs(flat):
+        if key == name:
+            return value
+    return None
+
+
+def _without(flat, name):
+    """
+    A flat tuple without C{name} and its value.
+    """
+    return _flat([pair for pair in _pairs(flat) if pair[0] != name])
+
+
+def _with(flat, name, value):
+    """
+    A flat tuple with C{name} paired with C{value}.
+    """
+    return _without(flat, name) + (name, value)
 
 
 class Controller:
@@ -117,6 +172,7 @@ class Controller:
         self.queue = queue_factory(self._reconcile)
         #: True while a full snapshot is being applied.
         self.snapshotting = False
+        self._results_seen = set()
         #: Whether result keys are created as {} when ports appear: a work-around
         #: for the wait-index bug of proton's v2 client (docs/real-proton.md).  Over
         #: v3 it would only make a proton that waits from the key's revision start
@@ -133,6 +189,9 @@ class Controller:
         """
         schema = self.schema
         mark = self._mark_port
+        if self.snapshotting:
+            # The sweep after the snapshot reconciles every port that can need it.
+            mark = _ignore
         if table == schema.port:
             if obj is not None:
                 self._port_row(name, prev, obj)
@@ -181,7 +240,8 @@ class Controller:
             port.binding = prev.binding
         if told is None:
             if (
-                portstate.is_bind_request(port)
+                not self.snapshotting
+                and portstate.is_bind_request(port)
                 and self._is_our_host(port.get("host_id"))
                 and uuid not in self._bind_seen
             ):
@@ -200,58 +260,119 @@ class Controller:
         if told.result is not None:
             _merge(port, told.result)
 
-    def snapshot_started(self):
+    def snapshot_started(self, full=True):
         """
-        A full snapshot is about to be applied: its ports are not new ports.
-        """
-        self.snapshotting = True
+        A snapshot is about to be read.
 
-    def snapshot_applied(self, first, results):
+        @param full: a full resynchronisation (not beside the watch): its ports are
+            not new ports, and nothing is decided until it is applied.
         """
-        A snapshot has been applied to the model.
+        if full:
+            self.snapshotting = True
+        self._results_seen = set()
 
-        @param first: whether it is the first since start-up (or a takeover): the
-            bind results naming us are taken to be what the backend holds.
-        @param results: the bind results read, C{[KeyValue]}.
+    def snapshot_results(self, kvs, restore):
+        """
+        A page of the bind results a snapshot read (after every table): what etcd
+        holds is noted, the results naming us are restored when C{restore}, and
+        their ports marked.
+
+        @param kvs: C{[KeyValue]} under the result prefix.
+        @param restore: whether this is the first snapshot since start-up (or a
+            takeover): the bind results naming us are taken to be what the backend
+            holds.
         """
         schema = self.schema
         name = self.config.controller_name
         writer = self.writer
+        told = self.told
+        seen = self._results_seen
+        sweep = self.queue.sweep
+        key_of = self.model.key_of
+        ports = self.model.ports
+        is_ours = self._is_our_host
         ours = {}
-        seen = set()
-        for kv in results:
+        for kv in kvs:
             uuid = schema.result_uuid(kv.key)
             if uuid is None:
                 continue
+            uuid = key_of(schema.port, uuid)
             seen.add(uuid)
             mine = bindresult.controller_of(kv.value) == name
-            if (mine or uuid in self.told) and uuid not in writer.pending:
+            if (mine or uuid in told) and uuid not in writer.pending:
                 writer.note(uuid, kv.mod_revision, kv.value)
             if mine:
-                ours[uuid] = kv.value
-        for uuid in self.told:
-            if uuid not in seen and uuid not in writer.pending:
+                if restore:
+                    ours[uuid] = kv.value
+                elif uuid not in told:
+                    port = ports.get(uuid)
+                    if port is None or not is_ours(port.get("host_id")):
+                        # Ours, of a port gone or moved: removed or released.  The
+                        # sweep after the snapshot reaches the others.
+                        sweep((PORT, uuid))
+        if ours:
+            self._restore(ours)
+
+    @inlineCallbacks
+    def snapshot_applied(self, first):
+        """
+        A snapshot has been applied to the model: every port on our hosts, and every
+        port the backend holds as bound, is reconciled (refused and failed binds
+        tried again, missing or foreign results repaired), by a sweep behind the
+        ports that changes mark.  The walks over the model run a slice per reactor
+        turn.
+
+        @param first: whether it was the first since start-up (or a takeover).
+        @return: a Deferred firing when the sweep is queued.
+        """
+        seen, self._results_seen = self._results_seen, set()
+        self.snapshotting = False
+        self._rejected.clear()
+        writer = self.writer
+        told = self.told
+        ports = self.model.ports
+
+        def missing(uuid):
+            if uuid in told and uuid not in seen and uuid not in writer.pending:
                 # Our result went missing: the reconcile writes it again.
                 writer.note(uuid, 0, None)
-        self.snapshotting = False
-        if first:
-            self._restore(ours)
+
+        yield walk(self.clock, list(told), missing)
         if self.precreate_results:
-            for uuid in self.model.ports:
-                if uuid not in seen:
+            def precreate(uuid):
+                if uuid not in seen and uuid in ports:
                     writer.precreate(uuid)
-        # Every port on our hosts is reconciled: refused and failed binds are tried
-        # again, missing or foreign results repaired.
-        self._rejected.clear()
-        mark = self.queue.mark
+
+            yield walk(self.clock, list(ports), precreate)
+        seen.clear()
+        self.queue.sweep_all(self._sweep(list(ports), list(told)))
+
+    def _sweep(self, port_names, told_names):
+        """
+        The keys of a sweep after a snapshot: every port bound by us or on our
+        hosts, then every port told and gone.  Any other port needs nothing of us
+        (its result, if it names us, was swept when read): its state is decided
+        here, without effects.  C{None} now and then while it skips other ports, so
+        that the queue's turn stays short.
+        """
+        ports = self.model.ports
+        told = self.told
         is_ours = self._is_our_host
-        for uuid, port in self.model.ports.items():
-            if uuid in self.told or uuid in ours or is_ours(port.get("host_id")):
-                mark((PORT, uuid))
-        for uuid in list(self.told):
-            mark((PORT, uuid))
-        for uuid in ours:
-            mark((PORT, uuid))
+        skipped = 0
+        for uuid in port_names:
+            port = ports.get(uuid)
+            if uuid in told or (port is not None and is_ours(port.get("host_id"))):
+                yield (PORT, uuid)
+            else:
+                if port is not None:
+                    port.binding = portstate.decide(None, port, is_ours).state
+                skipped += 1
+                if skipped == 64:
+                    skipped = 0
+                    yield None
+        for uuid in told_names:
+            if uuid not in ports:
+                yield (PORT, uuid)
 
     def _restore(self, ours):
         """
@@ -269,13 +390,14 @@ class Controller:
             if result is None:
                 continue
             port = self.model.ports.get(uuid)
+            current = portstate.placement(port) if port is not None else (None, None)
             placement = result.placement
-            if placement is None:
-                # Written by an earlier version: bound for the current placement.
-                placement = portstate.placement(port) if port is not None else (None, None)
-                result = result.for_placement(result.controller, *placement)
-            result = self._shared(result)
-            if port is not None and portstate.placement(port) == placement:
+            if placement is None or placement == current:
+                # Bound for the current placement (a result without one was written
+                # by an earlier version); the port's own strings are kept, once.
+                placement = current
+            result = self._shared(result.for_placement(result.controller, *placement))
+            if port is not None and current == placement:
                 told_port = port
             else:
                 # changes.prev is the placement recorded in the result.
@@ -284,9 +406,8 @@ class Controller:
                 told_port.binding = BOUND
                 told_port.result = None
                 told_port["host_id"], told_port["device_id"] = placement
-            told = Told(placement, told_port, result, self.model.bindings_of_port(uuid),
-                        {})
-            told.result_revision = self.writer.known.get(uuid, (0, None))[0]
+            told = Told(told_port, result, _flat(self.model.bindings_of_port(uuid).items()))
+            told.result_revision = self.writer.revision(uuid)
             self._set_told(uuid, told)
             told.services = self._versions(uuid)
             if port is not None:
@@ -322,6 +443,9 @@ class Controller:
         C{result} with its C{vif_details} (and their JSON text) shared with the equal
         results seen before: a backend answers most binds alike.
         """
+        result.vif_type = sys.intern(result.vif_type)
+        if result.controller == self.config.controller_name:
+            result.controller = self.config.controller_name
         text = result.details_text
         shared = self._details.get(text)
         if shared is None:
@@ -332,7 +456,7 @@ class Controller:
         return result
 
     def _versions(self, uuid):
-        return {s: self.version(s) for s in self.model.services_of_port(uuid)}
+        return _flat([(s, self.version(s)) for s in self.model.services_of_port(uuid)])
 
     def _set_told(self, uuid, told):
         old = self.told.get(uuid)
@@ -346,11 +470,11 @@ class Controller:
     def _use(self, uuid, told, versions):
         self._unuse(uuid, told)
         told.services = versions
-        for s in versions:
+        for s in versions[::2]:
             self._service_users.setdefault(s, set()).add(uuid)
 
     def _unuse(self, uuid, told):
-        for s in told.services:
+        for s in told.services[::2]:
             users = self._service_users.get(s)
             if users is not None:
                 users.discard(uuid)
@@ -545,7 +669,7 @@ class Controller:
                 "MySQL", uuid=uuid,
                 fields=", ".join("%s of %d characters" % kv for kv in sorted(long.items())),
             )
-        told = Told(placement, port, result, bindings, {})
+        told = Told(port, result, _flat(bindings.items()))
         self._set_told(uuid, told)
         self._use(uuid, told, versions)
         current = self.model.ports.get(uuid)
@@ -564,7 +688,7 @@ class Controller:
         model = self.model
         current = model.bindings_of_port(uuid)
         for name, binding in current.items():
-            prev = told.bindings.get(name)
+            prev = _get(told.bindings, name)
             if prev is None or _differs(prev, binding):
                 return self._told_call(
                     "modify_service_binding", uuid,
@@ -572,22 +696,22 @@ class Controller:
                     lambda name=name, binding=binding: self._bound_to(
                         uuid, told, name, binding),
                 )
-        for name, prev in list(told.bindings.items()):
+        for name, prev in _pairs(told.bindings):
             if name not in current:
                 return self._told_call(
                     "delete_service_binding", uuid, (model, prev),
                     lambda name=name: self._bound_to(uuid, told, name, None),
                 )
-        for service, version in told.services.items():
+        for service, version in _pairs(told.services):
             if not _same_version(version, self.version(service)):
                 self.queue.mark((SERVICE, service))
         return _DONE
 
     def _bound_to(self, uuid, told, name, binding):
         if binding is None:
-            told.bindings.pop(name, None)
+            told.bindings = _without(told.bindings, name)
         else:
-            told.bindings[name] = binding
+            told.bindings = _with(told.bindings, name, binding)
         # The backend read the port's services with the binding.
         self._use(uuid, told, self._versions(uuid))
 
@@ -601,7 +725,7 @@ class Controller:
         if current is None:
             prev = None
             for uuid in users:
-                version = self.told[uuid].services.get(service)
+                version = _get(self.told[uuid].services, service)
                 if version is not None:
                     prev = version[0]
                     break
@@ -611,11 +735,11 @@ class Controller:
                          lambda: self._heard(service, users, None, drop=True))
         stale = [
             u for u in users
-            if not _same_version(self.told[u].services.get(service), current)
+            if not _same_version(_get(self.told[u].services, service), current)
         ]
         if not stale:
             return None
-        old = self.told[stale[0]].services.get(service)
+        old = _get(self.told[stale[0]].services, service)
         changes = _service_changes(old, current)
         outcome = self.backend.call("modify_service", about, service, model, changes)
         return _then(outcome, "modify_service",
@@ -627,11 +751,15 @@ class Controller:
             if told is None:
                 continue
             if drop:
-                told.services.pop(service, None)
+                told.services = _without(told.services, service)
             else:
-                told.services[service] = version
+                told.services = _with(told.services, service, version)
         if drop:
             self._service_users.pop(service, None)
+
+
+def _ignore(_):
+    pass
 
 
 def _then(outcome, callback, record):

@@ -6,8 +6,11 @@ one revision, applies them to the model, and watches C{/proton/} from the next
 revision, so that no change between the read and the watch is lost.  Each value is
 checked and decoded at once: bad input is logged with its key and revision, counted
 and skipped.  Every change applied to the model is handed to the sink
-(C{sink.changed(table, name, prev, obj)}); after each snapshot the sink hears
-C{sink.snapshot_applied(first, results)}.
+(C{sink.changed(table, name, prev, obj)}).  A snapshot's bind results are handed
+on page by page (C{sink.snapshot_results(kvs, restore)}), and after each snapshot
+the sink hears C{sink.snapshot_applied(first)}, which may return a Deferred: the
+follower waits for it.  Walks over the whole model run a slice per reactor turn
+(L{shim.turns}), so that a snapshot of a million objects never holds binds up.
 
 When the watch ends it is resumed from the last revision seen, with backoff while
 etcd cannot be reached.  It reads everything again (a full resynchronisation, not
@@ -31,9 +34,14 @@ from shim.backoff import Backoff
 from shim.etcd import AuthFailed, EtcdError, TLSFailed
 from shim.model import BadValue, decode
 from shim.schema import PROTON_PREFIX, BadKey, OtherAPI
+from shim.turns import walk
 
 PUT = "PUT"
 DELETE = "DELETE"
+
+#: Keys per page of a snapshot read: a page is decoded and applied in one reactor
+#: turn, and while it is, its raw and decoded forms are held beside the model.
+PAGE_SIZE = 2000
 
 #: Errors that retrying cannot mend: at start-up they stop the shim.
 FATAL_AT_START = (AuthFailed, TLSFailed)
@@ -357,12 +365,14 @@ class Follower:
     # -- snapshots
 
     @inlineCallbacks
-    def _read(self, on_table_page):
+    def _read(self, on_table_page, restore):
         """
         Read every table and the bind results at one revision (v3; v2 reads each at
-        the index it is at, and the watch starts after the oldest).
+        the index it is at, and the watch starts after the oldest).  The results are
+        handed to the sink page by page, after every table: what they restore is
+        about ports the model has.
 
-        @return: C{(revision to watch after, status, result kvs, objects read)}.
+        @return: C{(revision to watch after, status, objects read)}.
         """
         status = yield self.client.status()
         revision = status.revision
@@ -371,12 +381,15 @@ class Follower:
         for table in self.schema.tables:
             read = yield self.client.get_all(
                 self.schema.proton_key(table, ""), revision=revision,
-                on_page=lambda page, table=table: on_table_page(table, page),
+                page_size=PAGE_SIZE, on_page=lambda page, table=table: on_table_page(table, page),
             )
             objects += read.count
             oldest = read.revision if oldest is None else min(oldest, read.revision)
-        results = yield self.client.get_all(self.schema.result_prefix, revision=revision)
-        return (oldest if oldest is not None else revision), status, results.kvs, objects
+        yield self.client.get_all(
+            self.schema.result_prefix, revision=revision, page_size=PAGE_SIZE,
+            on_page=lambda page: self.sink.snapshot_results(page, restore),
+        )
+        return (oldest if oldest is not None else revision), status, objects
 
     @inlineCallbacks
     def _synchronise(self, cause):
@@ -399,17 +412,25 @@ class Follower:
         present = {table: set() for table in self.schema.tables}
         # Nothing is decided on a half-read model.
         self.sink.snapshot_started()
-        revision, status, results, objects = yield self._read(
-            lambda table, page: self._apply_page(table, page, present[table], None)
-        )
-        self._apply_deletions(present, revision, None)
+        first, self._first_snapshot = self._first_snapshot, False
+        restore, self._restore = self._restore, False
+        try:
+            revision, status, objects = yield self._read(
+                lambda table, page: self._apply_page(table, page, present[table], None),
+                first or restore,
+            )
+        except BaseException:
+            # Read again from the start: the next snapshot restores what this one
+            # would have.
+            self._first_snapshot, self._restore = first, restore
+            raise
+        yield self._apply_deletions(present, revision, None)
+        present.clear()
         self.revision = revision
         # The snapshot holds all of its revision: watch from the next one.
         self._watch_from = revision + 1
         self.synchronised = True
-        first, self._first_snapshot = self._first_snapshot, False
-        restore, self._restore = self._restore, False
-        self.sink.snapshot_applied(first or restore, results)
+        yield self.sink.snapshot_applied(first or restore)
         self.last_resync = (self.reactor.seconds(), cause)
         self.log.info(
             "synchronised ({cause}): {objects} objects at revision {revision} in "
@@ -431,14 +452,21 @@ class Follower:
             self.metrics.child(self.metrics.resyncs, cause).inc()
             present = {table: set() for table in self.schema.tables}
             tombstones = self._tombstones
-            revision, status, results, objects = yield self._read(
-                lambda table, page: self._apply_page(
-                    table, page, present[table], tombstones)
-            )
-            self._apply_deletions(present, revision, tombstones)
+            self.sink.snapshot_started(full=False)
+            restore, self._restore = self._restore, False
+            try:
+                revision, status, objects = yield self._read(
+                    lambda table, page: self._apply_page(
+                        table, page, present[table], tombstones),
+                    restore,
+                )
+            except BaseException:
+                self._restore = self._restore or restore
+                raise
+            yield self._apply_deletions(present, revision, tombstones)
+            present.clear()
             if self.running:
-                restore, self._restore = self._restore, False
-                self.sink.snapshot_applied(restore, results)
+                yield self.sink.snapshot_applied(restore)
                 self.last_resync = (self.reactor.seconds(), cause)
                 self.log.info(
                     "resynchronised beside the watch ({cause}): {objects} objects at "
@@ -481,19 +509,30 @@ class Follower:
     def _apply_deletions(self, present, revision, tombstones):
         """
         Delete each object of the model that the snapshot at C{revision} does not
-        have (ports first), unless it was written after the snapshot.
+        have (ports first), unless it was written after the snapshot; a slice per
+        reactor turn.
+
+        @return: a Deferred firing when done.
         """
-        for table in reversed(self.schema.tables):
-            names = present[table]
-            gone = [
-                n for n, obj in self.model.table(table).items()
-                if n not in names and obj.revision <= revision
-            ]
-            for name in gone:
+        def each_name():
+            for table in reversed(self.schema.tables):
+                names = present[table]
+                objects = self.model.table(table)
+                for name in list(objects):
+                    if name not in names:
+                        yield table, objects, name
+
+        def step(item):
+            table, objects, name = item
+            obj = objects.get(name)
+            # Looked at again: the watch may have written it since the walk began.
+            if obj is not None and obj.revision <= revision:
                 self._apply_to(
                     table, name, DELETE, self.schema.proton_key(table, name), None,
                     revision,
                 )
+
+        return walk(self.reactor, each_name(), step)
 
     # -- readiness
 

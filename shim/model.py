@@ -21,9 +21,11 @@ from shim.schema import SEED
 #: The largest value the shim accepts for one object; a port row is about 1 KiB.
 MAX_VALUE_SIZE = 256 * 1024
 
-#: Values shorter than this are interned: "True", "ACTIVE", "1500", host names and the
-#: like repeat across thousands of ports, and sharing them halves the model's memory.
-_INTERN_BELOW = 24
+#: Values shorter than this are interned: "ACTIVE", "DOWN", "normal" and the like
+#: repeat across thousands of ports.  Longer ones are interned only for the
+#: attributes in L{_SHARED_ATTRIBUTES}: a MAC or an IP address is one port's own, and
+#: interning it would only add an entry to the interpreter's table.
+_INTERN_BELOW = 8
 
 _intern = sys.intern
 _loads = json.loads
@@ -271,7 +273,7 @@ class Port(ModelObject):
 _SHARED_ATTRIBUTES = frozenset([
     "tenant_id", "network_id", "host_id", "zone", "gateway", "device_owner",
     "vif_type", "vif_details", "vpn_instance", "service_id", "ipv4_family",
-    "ipv6_family", "vrf_rt_type",
+    "ipv6_family", "vrf_rt_type", "status", "vnic_type", "vrf_rt_value",
 ])
 
 #: Small JSON objects in rows (C{profile: {"migrating_to": null}}) shared by value;
@@ -486,6 +488,20 @@ class Model:
         objects[name] = obj
         self._index(table, name, prev, obj)
         return prev
+
+    def key_of(self, table, name):
+        """
+        The string C{table} holds as the key of object C{name} (its own C{id} when
+        that is its name), or C{name} when there is no such object: what keeps a
+        name by the object's (the controller's record of a port, its result) keeps
+        that one string, not another copy of a uuid.
+        """
+        obj = self._tables[table].get(name)
+        if obj is not None:
+            ident = obj.get("id")
+            if type(ident) is str and ident == name:
+                return ident
+        return name
 
     def _shared_name(self, table, name, obj):
         """

@@ -1,0 +1,91 @@
+"""
+L{shim.turns.walk}: a walk over many items, a slice per reactor turn.
+"""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from shim import turns
+from shim.test.test_workqueue import TurnClock
+from shim.turns import walk
+
+
+class SteppedTime:
+    """
+    A wall clock that moves on by C{step} seconds each time it is read.
+    """
+
+    def __init__(self, step):
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self):
+        self.now += self.step
+        return self.now
+
+
+class WalkTests(SynchronousTestCase):
+    def test_small_walk_at_once(self):
+        """
+        A walk whose work fits in one slice runs at once: its Deferred has fired on
+        return, and nothing is left for the reactor.
+        """
+        clock = Clock()
+        seen = []
+        d = walk(clock, range(1000), seen.append, clock=SteppedTime(0.0))
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(seen, list(range(1000)))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_long_walk_in_slices(self):
+        """
+        A walk that outlasts a slice gives the reactor back and goes on in the next
+        turn, in order, until every item is stepped.
+        """
+        clock = TurnClock()
+        seen = []
+        # Each look at the time finds a slice gone by: one check per slice.
+        items = list(range(1000))
+        d = walk(clock, items, seen.append, clock=SteppedTime(turns.SLICE))
+        self.assertNoResult(d)
+        turns_taken = 1
+        while clock.getDelayedCalls():
+            self.assertLess(len(seen), len(items))
+            clock.turn()
+            turns_taken += 1
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(seen, items)
+        self.assertGreater(turns_taken, 2)
+
+    def test_items_taken_lazily(self):
+        """
+        The items are drawn as the walk goes: an item added to a list before the walk
+        reaches it is stepped too.
+        """
+        clock = Clock()
+        items = [1, 2]
+        seen = []
+
+        def step(item):
+            seen.append(item)
+            if item == 1:
+                items.append(3)
+
+        self.successResultOf(walk(clock, items, step))
+        self.assertEqual(seen, [1, 2, 3])
+
+    def test_step_raises(self):
+        """
+        An exception from a step ends the walk with it.
+        """
+        clock = Clock()
+        seen = []
+
+        def step(item):
+            if item == 3:
+                raise ValueError("item 3")
+            seen.append(item)
+
+        failure = self.failureResultOf(walk(clock, range(10), step), ValueError)
+        self.assertEqual(str(failure.value), "item 3")
+        self.assertEqual(seen, [0, 1, 2])

@@ -1,0 +1,58 @@
+"""
+Walks over the whole model, spread across reactor turns.
+
+A snapshot of a million objects ends in walks over every object: deletions found,
+bind results restored, every port on our hosts marked.  Done in one go, each holds the
+reactor for seconds: binds wait, and the election's keepalive misses its lease.  A
+L{walk} runs its step per item and gives the reactor back every L{SLICE} seconds, so
+that events, binds and keepalives are served between slices.  A walk that fits in
+one slice (a small site, a test) runs at once: its Deferred has fired on return.
+
+Items may change between slices (the watch goes on during a background resync): a
+step looks again at what it is about, not at what the walk began with.
+"""
+
+import time
+
+from twisted.internet.defer import Deferred
+
+#: Seconds of work before the reactor is given back.
+SLICE = 0.01
+
+#: Items between two looks at the time.
+_CHECK_EVERY = 128
+
+
+def walk(reactor, items, step, clock=time.perf_counter):
+    """
+    Call C{step(item)} for each of C{items}, a slice at a time.
+
+    @param reactor: gives the next slice its turn (C{callLater(0, ...)}).
+    @param items: an iterable, taken lazily: pass a list when what it iterates over
+        may change meanwhile.
+    @param step: called with each item; an exception ends the walk with it.
+    @param clock: wall-clock seconds (the work's own time, not the reactor's).
+    @return: a Deferred firing with C{None} after the last step.
+    """
+    items = iter(items)
+    done = Deferred()
+
+    def run():
+        started = clock()
+        count = 0
+        try:
+            for item in items:
+                step(item)
+                count += 1
+                if count == _CHECK_EVERY:
+                    count = 0
+                    if clock() - started >= SLICE:
+                        reactor.callLater(0, run)
+                        return
+        except BaseException:
+            done.errback()
+            return
+        done.callback(None)
+
+    run()
+    return done
