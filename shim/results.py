@@ -419,10 +419,16 @@ class Batcher:
         return self._submit(_PUT, key, value, mod_revision, guard)
 
     def delete_if(self, key, mod_revision, guard=()):
+        if not mod_revision:
+            # The client refuses it (a delete "if absent" means nothing): alone, it
+            # says so; in a transaction it would become "if it has no version".
+            return self._alone(_DELETE, key, None, mod_revision, guard)
         return self._submit(_DELETE, key, None, mod_revision, guard)
 
     def _submit(self, kind, key, value, mod_revision, guard):
-        if not self._batching:
+        if not self._batching and not self._queue:
+            # v2: one request per write; after the writes that queued before that
+            # was found out, in order.
             return self._alone(kind, key, value, mod_revision, guard)
         if self._in_flight == 0 and not self._queue:
             self._in_flight += 1
@@ -482,10 +488,12 @@ class Batcher:
                 break
             if item_guard == guard and key not in keys:
                 batch.append(item)
-                keys.add(key)
                 size += cost
             else:
+                # A later write of a key passed over waits for it: per key, writes
+                # go in the order asked.
                 passed.append(item)
+            keys.add(key)
         else:
             i = len(queue)
         self._queue = passed + queue[i:]

@@ -480,13 +480,10 @@ class OutcomeTests(BatcherCase):
               self.batcher.put_if(key(2), value(2), 0),
               self.batcher.delete_if(key(3), 0)]
         yield gatherResults(ds[:2])
-        self.assertEqual([sent.keys for sent in self.client.txns], [[key(2), key(3)]])
+        # The delete never joins a transaction: it fails alone, at once.
+        self.assertEqual(self.client.txns, [])
         yield self.assertFailure(ds[2], ValueError)
 
-    test_delete_at_revision_zero.skip = (
-        "Batcher._transaction turns a delete_if at revision 0 into 'version == 0, then"
-        " delete': in a batch it succeeds (deleting nothing), where alone the client"
-        " refuses it with ValueError")
 
 
 class FenceTests(BatcherCase):
@@ -646,11 +643,6 @@ class OrderTests(BatcherCase):
                          [True, True, True, False])
         self.assertEqual((yield self.read(key(1))), (b"first", outcomes[2].revision))
 
-    test_same_key_across_fences.skip = (
-        "Batcher._take adds to its one-per-key set only the writes it takes, not the"
-        " ones it passes over for another fence: a later write of a key under the"
-        " batch's fence goes out before an earlier write of that key under another"
-        " fence (here b'second' is created and b'first' fails)")
 
 
 class V2OrderTests(BatcherCase):
@@ -679,7 +671,3 @@ class V2OrderTests(BatcherCase):
                 if k == key(1)]
         self.assertEqual(sent, [value(1), b"second", b"third"])
 
-    test_same_key_after_finding_no_txn.skip = (
-        "once the v2 client's txn raised NotImplementedError, Batcher._submit sends"
-        " new writes alone at once while writes queued before still wait for the"
-        " batch in flight: b'third' goes out before b'second', which was asked first")
