@@ -39,10 +39,6 @@ from shim.turns import walk
 PUT = "PUT"
 DELETE = "DELETE"
 
-#: Keys per page of a snapshot read: a page is decoded and applied in one reactor
-#: turn, and while it is, its raw and decoded forms are held beside the model.
-PAGE_SIZE = 2000
-
 #: Errors that retrying cannot mend: at start-up they stop the shim.
 FATAL_AT_START = (AuthFailed, TLSFailed)
 
@@ -381,12 +377,12 @@ class Follower:
         for table in self.schema.tables:
             read = yield self.client.get_all(
                 self.schema.proton_key(table, ""), revision=revision,
-                page_size=PAGE_SIZE, on_page=lambda page, table=table: on_table_page(table, page),
+                on_page=lambda page, table=table: on_table_page(table, page),
             )
             objects += read.count
             oldest = read.revision if oldest is None else min(oldest, read.revision)
         yield self.client.get_all(
-            self.schema.result_prefix, revision=revision, page_size=PAGE_SIZE,
+            self.schema.result_prefix, revision=revision,
             on_page=lambda page: self.sink.snapshot_results(page, restore),
         )
         return (oldest if oldest is not None else revision), status, objects

@@ -61,6 +61,31 @@ class _Shared(object):
         return result
 
 
+#: Keys per page of L{EtcdClient.get_all} for a prefix of up to 100,000 keys: a page
+#: is held raw and decoded (a few megabytes) while it is digested.
+PAGE_SIZE = 2000
+
+#: The largest page: a prefix of half a million keys is read in 50 pages, not 250.
+MAX_PAGE_SIZE = 10000
+
+#: A prefix of more keys than this is read in slices (L{EtcdClient.get_all}).
+SLICE_AT = 50000
+
+#: Where a large prefix is split: before each of these characters after it.
+SLICES = [c.encode("ascii") for c in "123456789abcdef"]
+
+
+def page_size_for(count):
+    """
+    Keys per page to read a prefix of C{count} keys: L{PAGE_SIZE}, up to
+    L{MAX_PAGE_SIZE} so that a large prefix takes about 50 pages.  etcd's work for
+    a page grows with the keys left in the range (it counts them), so that a
+    prefix of n keys costs it about n * n / (2 * page size) key visits: at a million
+    objects, pages of 2,000 made start-up half as long again as pages of 5,000.
+    """
+    return max(PAGE_SIZE, min(MAX_PAGE_SIZE, count // 50))
+
+
 class EtcdClient(Transport):
     """
     A client of etcd's v3 JSON gateway. Every call returns a Deferred.
@@ -276,11 +301,19 @@ class EtcdClient(Transport):
                           wire.decode_range)
 
     @inlineCallbacks
-    def get_all(self, prefix, revision=None, page_size=5000, on_page=None):
+    def get_all(self, prefix, revision=None, page_size=None, on_page=None):
         """
         Read a whole prefix in pages of C{page_size}, every page at the revision
         of the first (or C{revision}), so the result is one consistent snapshot.
         Fires with a L{wire.RangeResult} whose C{revision} is that revision.
+
+        etcd counts every key left in a range for each page it serves, holding its
+        index meanwhile (a write waits): at half a million keys, about 50 ms a page.
+        So without C{page_size}, pages are of L{PAGE_SIZE} keys, larger for a large
+        prefix (L{page_size_for}), and a prefix of more than L{SLICE_AT} keys is
+        read as consecutive key ranges split on the character after the prefix
+        (L{SLICES}: the hex digits of uuids, any key falling in one of them), each
+        range counted on its own.
 
         The request for the next page goes out before the current one is decoded,
         so that etcd prepares it while this process decodes: at 100,000 keys
@@ -299,34 +332,51 @@ class EtcdClient(Transport):
         count = 0
         call = "get_all %r" % (prefix,)
         take = on_page if on_page is not None else kvs.extend
+        size = page_size or PAGE_SIZE
+        # The ranges left after the one being read, in key order.
+        ranges = []
 
-        def fetch(start):
+        def fetch(start, stop):
             return self._call(
                 call, "/kv/range",
-                wire.range_request(start, revision=pinned, limit=page_size,
-                                   range_end=end))
+                wire.range_request(start, revision=pinned, limit=size,
+                                   range_end=stop), _with_range(stop))
 
-        message = yield fetch(raw)
+        message = yield fetch(raw, end)
+        if page_size is None:
+            total = int(message.get("count") or 0)
+            size = page_size_for(total)
+            if total > SLICE_AT and message.get("kvs"):
+                after = wire.unb64(message["kvs"][-1]["key"]) + b"\0"
+                bounds = [raw + c for c in SLICES if raw + c > after] + [end]
+                ranges = list(zip(bounds[:-1], bounds[1:]))
+                # The first page's range goes on to the first bound only.
+                message["range_end"] = bounds[0]
         while True:
             if not pinned:
                 pinned = wire.header_revision(message)
             page = message.get("kvs") or ()
             count += len(page)
+            stop = message["range_end"]
             following = None
             if page and message.get("more", False):
-                following = fetch(wire.unb64(page[-1]["key"]) + b"\0")
+                following = fetch(wire.unb64(page[-1]["key"]) + b"\0", stop)
+            elif ranges:
+                following = fetch(*ranges.pop(0))
+            if following is not None:
                 try:
                     # Let the reactor send the request before we decode.
                     yield _next_turn(self._reactor)
                     yield _next_turn(self._reactor)
-                    take(wire.decode_kvs(page))
+                    if page:
+                        take(wire.decode_kvs(page))
                 except Exception:
                     failure = Failure()
                     # The caller gives up: let the read of the next page end (its
                     # answer dropped), so that nothing is left running.
                     yield following.addErrback(lambda _: None)
                     failure.raiseException()
-            elif page or on_page is None:
+            elif page:
                 take(wire.decode_kvs(page))
             message = page = None
             if following is None:
@@ -424,6 +474,17 @@ class EtcdClient(Transport):
                       idle_timeout=idle_timeout, on_progress=on_progress,
                       reactor=self._reactor)
         return self._run_watch(watch)
+
+
+def _with_range(stop):
+    """
+    A decoder of a range answer that keeps the range's end with it, for the next
+    page of the same range.
+    """
+    def decode(message):
+        message["range_end"] = stop
+        return message
+    return decode
 
 
 def _next_turn(reactor):

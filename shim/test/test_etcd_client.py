@@ -3,6 +3,8 @@ Tests of L{shim.etcd.client.EtcdClient} against a real etcd (run with ETCD_BIN s
 to each etcd version supported), plus pure tests of the wire format.
 """
 
+from base64 import b64decode
+
 from twisted.internet import defer, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -253,8 +255,11 @@ class ClientTests(EtcdServerMixin, TestCase):
         keys = [kv.key for kv in result.kvs]
         self.assertEqual(keys, sorted(set(keys)))
         self.assertGreaterEqual(len(keys), 10000)
-        # Reading again at that revision gives the same snapshot.
+        # Reading again at that revision gives the same snapshot, in pages of the
+        # size chosen for the prefix.
         again = yield client.get_all("/big/", revision=pinned, page_size=3000)
+        self.assertEqual(again, result)
+        again = yield client.get_all("/big/", revision=pinned)
         self.assertEqual(again, result)
 
     @inlineCallbacks
@@ -268,6 +273,51 @@ class ClientTests(EtcdServerMixin, TestCase):
                          ["/s/%06d" % i for i in range(5)])
         everything = yield client.get_all("", page_size=4)
         self.assertEqual(len(everything.kvs), 6)
+
+    @inlineCallbacks
+    def test_get_all_in_slices(self):
+        """
+        A prefix of more than SLICE_AT keys is read in slices split on the character
+        after the prefix: every key is read once, in key order, whatever it starts
+        with (uuids, other letters, a bound itself, bytes past "f"), at one
+        revision, also when a slice is empty; a smaller prefix is read whole.
+        """
+        from shim.etcd import client as client_module
+        self.patch(client_module, "SLICE_AT", 20)
+        self.patch(client_module, "PAGE_SIZE", 7)
+        client = self.make_client()
+        names = ["%032x" % (i * 0x9e3779b97f4a7c15 % (1 << 128)) for i in range(60)]
+        names += ["1", "a", "f", "0", "A-upper", "z-last", "~tilde", "-dash", "é"]
+        names = [n for n in names if not n.startswith("3")]
+        for n in names:
+            yield client.put("/sl/" + n, n.encode("utf-8"))
+        yield client.put("/sl0", b"outside")
+        yield client.put("/sk/x", b"outside")
+        calls = []
+        real = client._call
+
+        def counting(call, path, body, decode=None):
+            calls.append(body)
+            return real(call, path, body, decode)
+
+        self.patch(client, "_call", counting)
+        pages = []
+        result = yield client.get_all("/sl/", on_page=pages.append)
+        keys = [kv.key for p in pages for kv in p]
+        self.assertEqual(keys, sorted("/sl/" + n for n in names))
+        self.assertEqual(result.count, len(names))
+        self.assertTrue(all(kv.mod_revision <= result.revision for p in pages for kv in p))
+        # Past the first page, each range ends at a slice's bound.
+        ends = {b64decode(c["range_end"]) for c in calls[1:]}
+        self.assertIn(b"/sl/f", ends)
+        self.assertIn(b"/sl0", ends)
+        self.assertTrue(all(int(c["revision"]) == result.revision for c in calls[1:]))
+        whole = yield client.get_all("/sl/", page_size=1000)
+        self.assertEqual(keys, [kv.key for kv in whole.kvs])
+        calls[:] = []
+        small = yield client.get_all("/sk/")
+        self.assertEqual([kv.key for kv in small.kvs], ["/sk/x"])
+        self.assertEqual(len(calls), 1)
 
     @inlineCallbacks
     def test_get_all_on_page(self):
@@ -490,3 +540,15 @@ class EndpointTests(SynchronousTestCase):
         client.skip_endpoint("http://127.0.0.1:1")
         self.assertEqual(client.endpoint, "http://127.0.0.1:1")
         self.successResultOf(client.close())
+
+
+class PageSizeTests(SynchronousTestCase):
+    def test_page_size_for(self):
+        """
+        Pages of 2,000 keys, and of about a fiftieth of a large prefix, at most
+        10,000.
+        """
+        from shim.etcd.client import page_size_for
+        for count, size in [(0, 2000), (1, 2000), (100000, 2000), (150000, 3000),
+                            (485000, 9700), (10 ** 7, 10000)]:
+            self.assertEqual(page_size_for(count), size, count)
