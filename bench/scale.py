@@ -49,6 +49,7 @@ from twisted.protocols.basic import LineReceiver  # noqa: E402
 
 from shim import keys  # noqa: E402
 from shim.bindresult import BindResult  # noqa: E402
+from shim.config import ShimConfig  # noqa: E402
 from shim.etcd import EtcdClient, Op  # noqa: E402
 from shim.proton import ProtonClient, encode_object, port_defaults  # noqa: E402
 
@@ -249,7 +250,8 @@ def child_shim(reactor, params):
                   "rss_peak": rss_kib("VmHWM"), "gc_full": full,
                   "objects": sum(service.model.counts().values()),
                   "told": len(service.controller.told),
-                  "gc_tracked": len(gc.get_objects())})
+                  "gc_tracked": len(gc.get_objects()),
+                  "elections": elections(service)})
         elif command == "freeze":
             gc.collect()
             gc.freeze()
@@ -262,8 +264,15 @@ def child_shim(reactor, params):
             while service.follower._background is not None:
                 yield task.deferLater(reactor, 0.01, lambda: None)
             yield settle(reactor, service)
-            emit({"resync": time.perf_counter() - t})
+            emit({"resync": time.perf_counter() - t, "elections": elections(service)})
     yield service.stopService()
+
+
+def elections(service):
+    """Elections this shim won and lost so far (both 0 with election off)."""
+    metrics = service.metrics
+    return {outcome: metrics.child(metrics.elections, outcome)._value.get()
+            for outcome in ("won", "lost")}
 
 
 def make_service(endpoint, election):
@@ -457,6 +466,13 @@ def run(reactor, options):
                      "binds answered meanwhile." % (
                          bench._count(settled["objects"]), resync[0]["resync"],
                          len(during)))
+        if options.election:
+            lost = resync[0]["elections"]["lost"]
+            row("election: leadership lost from start to the end of the resync",
+                lost, None, "0", lost == 0, "")
+            notes.append("Election on (ttl %d s): won %d, lost %d times from start-up "
+                         "to the end of the resync." % (
+                             ShimConfig.election_ttl, resync[0]["elections"]["won"], lost))
         yield child.close()
         yield client.close()
     finally:
