@@ -38,7 +38,7 @@ from shim.bindresult import MalformedAnswer
 from shim.model import Changes, Port
 from shim.portstate import BOUND, UNBOUND
 from shim.schema import VIF_ATTRIBUTES, VOLATILE
-from shim.turns import walk
+from shim.turns import NameSet, walk
 
 #: Seconds after a port migrated to another controller's host before this shim
 #: clears its old bind result: proton waits about 8 seconds for the new one.
@@ -172,7 +172,7 @@ class Controller:
         self.queue = queue_factory(self._reconcile)
         #: True while a full snapshot is being applied.
         self.snapshotting = False
-        self._results_seen = set()
+        self._results_seen = NameSet()
         #: Whether result keys are created as {} when ports appear: a work-around
         #: for the wait-index bug of proton's v2 client (docs/real-proton.md).  Over
         #: v3 it would only make a proton that waits from the key's revision start
@@ -269,7 +269,7 @@ class Controller:
         """
         if full:
             self.snapshotting = True
-        self._results_seen = set()
+        self._results_seen = NameSet()
 
     def snapshot_results(self, kvs, restore):
         """
@@ -325,7 +325,7 @@ class Controller:
         @param first: whether it was the first since start-up (or a takeover).
         @return: a Deferred firing when the sweep is queued.
         """
-        seen, self._results_seen = self._results_seen, set()
+        seen, self._results_seen = self._results_seen, NameSet()
         self.snapshotting = False
         self._rejected.clear()
         writer = self.writer

@@ -34,10 +34,15 @@ from shim.backoff import Backoff
 from shim.etcd import AuthFailed, EtcdError, TLSFailed
 from shim.model import BadValue, decode
 from shim.schema import PROTON_PREFIX, BadKey, OtherAPI
-from shim.turns import walk
+from shim.turns import NameSet, walk
 
 PUT = "PUT"
 DELETE = "DELETE"
+
+#: Seconds between two pages of a periodic resync (beside the live watch): it has
+#: no hurry, and etcd serving it flat out slows every bind down (two CPUs shared
+#: by etcd and the shim: binds held up to 200 ms at a million objects).
+BACKGROUND_PAUSE = 0.01
 
 #: Errors that retrying cannot mend: at start-up they stop the shim.
 FATAL_AT_START = (AuthFailed, TLSFailed)
@@ -361,7 +366,7 @@ class Follower:
     # -- snapshots
 
     @inlineCallbacks
-    def _read(self, on_table_page, restore):
+    def _read(self, on_table_page, restore, pause=0):
         """
         Read every table and the bind results at one revision (v3; v2 reads each at
         the index it is at, and the watch starts after the oldest).  The results are
@@ -376,13 +381,13 @@ class Follower:
         objects = 0
         for table in self.schema.tables:
             read = yield self.client.get_all(
-                self.schema.proton_key(table, ""), revision=revision,
+                self.schema.proton_key(table, ""), revision=revision, pause=pause,
                 on_page=lambda page, table=table: on_table_page(table, page),
             )
             objects += read.count
             oldest = read.revision if oldest is None else min(oldest, read.revision)
         yield self.client.get_all(
-            self.schema.result_prefix, revision=revision,
+            self.schema.result_prefix, revision=revision, pause=pause,
             on_page=lambda page: self.sink.snapshot_results(page, restore),
         )
         return (oldest if oldest is not None else revision), status, objects
@@ -405,7 +410,7 @@ class Follower:
                     obj.revision = 0
         self.cluster_id = status.cluster_id
         self.metrics.child(self.metrics.resyncs, cause).inc()
-        present = {table: set() for table in self.schema.tables}
+        present = {table: NameSet() for table in self.schema.tables}
         # Nothing is decided on a half-read model.
         self.sink.snapshot_started()
         first, self._first_snapshot = self._first_snapshot, False
@@ -446,7 +451,7 @@ class Follower:
         self._tombstones = {}
         try:
             self.metrics.child(self.metrics.resyncs, cause).inc()
-            present = {table: set() for table in self.schema.tables}
+            present = {table: NameSet() for table in self.schema.tables}
             tombstones = self._tombstones
             self.sink.snapshot_started(full=False)
             restore, self._restore = self._restore, False
@@ -454,7 +459,7 @@ class Follower:
                 revision, status, objects = yield self._read(
                     lambda table, page: self._apply_page(
                         table, page, present[table], tombstones),
-                    restore,
+                    restore, pause=BACKGROUND_PAUSE,
                 )
             except BaseException:
                 self._restore = self._restore or restore
@@ -512,14 +517,14 @@ class Follower:
         """
         def each_name():
             for table in reversed(self.schema.tables):
-                names = present[table]
                 objects = self.model.table(table)
                 for name in list(objects):
-                    if name not in names:
-                        yield table, objects, name
+                    yield table, objects, name
 
         def step(item):
             table, objects, name = item
+            if name in present[table]:
+                return
             obj = objects.get(name)
             # Looked at again: the watch may have written it since the walk began.
             if obj is not None and obj.revision <= revision:

@@ -10,8 +10,9 @@ snapshot, a resync or a restart does.  The queue
     reconciled again after it;
   - requeues a failed key after its own capped exponential backoff, reset when it
     succeeds;
-  - runs at most L{BATCH} synchronous reconciles per reactor turn, so that a resync
-    marking a million keys never holds the reactor (and the binds behind it) up;
+  - runs at most L{BATCH} synchronous reconciles, and L{SLICE} seconds of them, per
+    reactor turn, so that a resync marking a million keys never holds the reactor
+    (and the binds behind it) up;
   - keeps the keys a sweep marks (a snapshot, a resync: every port on our hosts)
     behind the keys events mark, so that a bind asked during a resync of a million
     ports is reconciled at once, not after them.
@@ -21,6 +22,7 @@ of what failed (a callback, or C{"write_result"}) when it must be tried again, o
 Deferred firing with either.  An exception is a defect: logged, and retried.
 """
 
+import time
 from collections import OrderedDict
 
 from twisted.internet.defer import Deferred
@@ -28,8 +30,12 @@ from twisted.logger import Logger
 
 from shim.backoff import Backoff
 
-#: Synchronous reconciles per reactor turn.
+#: Synchronous reconciles per reactor turn, at most.
 BATCH = 500
+
+#: Seconds of reconciles per reactor turn, at most (looked at every L{_CHECK_EVERY}).
+SLICE = 0.005
+_CHECK_EVERY = 32
 
 _DONE = object()
 
@@ -44,8 +50,10 @@ class WorkQueue:
     log = Logger()
 
     def __init__(self, reconcile, clock, metrics=None,
-                 backoff=lambda: Backoff(initial=0.1, maximum=30.0)):
+                 backoff=lambda: Backoff(initial=0.1, maximum=30.0),
+                 timer=time.perf_counter):
         self._reconcile = reconcile
+        self._timer = timer
         self._clock = clock
         self._metrics = metrics
         self._new_backoff = backoff
@@ -234,7 +242,11 @@ class WorkQueue:
     def _pump(self):
         self._pump_call = None
         budget = BATCH
+        started = self._timer()
         while budget > 0 and not self.paused:
+            if (BATCH - budget) % _CHECK_EVERY == 0 and budget < BATCH and (
+                    self._timer() - started >= SLICE):
+                break
             if self._dirty:
                 key, _ = self._dirty.popitem(last=False)
             elif self._swept:

@@ -61,29 +61,18 @@ class _Shared(object):
         return result
 
 
-#: Keys per page of L{EtcdClient.get_all} for a prefix of up to 100,000 keys: a page
-#: is held raw and decoded (a few megabytes) while it is digested.
-PAGE_SIZE = 2000
+#: Keys per page of L{EtcdClient.get_all}: a page's answer is decoded in one
+#: reactor turn (about 10 ms for 500 ports), and held raw and decoded meanwhile.
+PAGE_SIZE = 500
 
-#: The largest page: a prefix of half a million keys is read in 50 pages, not 250.
-MAX_PAGE_SIZE = 10000
+#: Keys decoded and handed over per reactor turn by L{EtcdClient.get_all}.
+DIGEST = 100
 
 #: A prefix of more keys than this is read in slices (L{EtcdClient.get_all}).
-SLICE_AT = 50000
+SLICE_AT = 10000
 
 #: Where a large prefix is split: before each of these characters after it.
 SLICES = [c.encode("ascii") for c in "123456789abcdef"]
-
-
-def page_size_for(count):
-    """
-    Keys per page to read a prefix of C{count} keys: L{PAGE_SIZE}, up to
-    L{MAX_PAGE_SIZE} so that a large prefix takes about 50 pages.  etcd's work for
-    a page grows with the keys left in the range (it counts them), so that a
-    prefix of n keys costs it about n * n / (2 * page size) key visits: at a million
-    objects, pages of 2,000 made start-up half as long again as pages of 5,000.
-    """
-    return max(PAGE_SIZE, min(MAX_PAGE_SIZE, count // 50))
 
 
 class EtcdClient(Transport):
@@ -301,29 +290,33 @@ class EtcdClient(Transport):
                           wire.decode_range)
 
     @inlineCallbacks
-    def get_all(self, prefix, revision=None, page_size=None, on_page=None):
+    def get_all(self, prefix, revision=None, page_size=None, on_page=None, pause=0):
         """
         Read a whole prefix in pages of C{page_size}, every page at the revision
         of the first (or C{revision}), so the result is one consistent snapshot.
         Fires with a L{wire.RangeResult} whose C{revision} is that revision.
 
-        etcd counts every key left in a range for each page it serves, holding its
-        index meanwhile (a write waits): at half a million keys, about 50 ms a page.
-        So without C{page_size}, pages are of L{PAGE_SIZE} keys, larger for a large
-        prefix (L{page_size_for}), and a prefix of more than L{SLICE_AT} keys is
-        read as consecutive key ranges split on the character after the prefix
-        (L{SLICES}: the hex digits of uuids, any key falling in one of them), each
-        range counted on its own.
+        Without C{page_size}, pages are of L{PAGE_SIZE} keys, so that each is
+        digested in a short reactor turn.  etcd counts every key left in a range
+        for each page it serves, holding its index meanwhile (writes wait): at half
+        a million keys, about 50 ms a page.  So a prefix of more than L{SLICE_AT}
+        keys is read as consecutive key ranges split on the character after the
+        prefix (L{SLICES}: the hex digits of uuids; any key falls in one of them),
+        each range counted on its own.
 
         The request for the next page goes out before the current one is decoded,
         so that etcd prepares it while this process decodes: at 100,000 keys
         etcd's work and ours are each about half of the time.
 
         @param on_page: if given, called with each page (a list of L{wire.KeyValue},
-            in key order) as soon as it is decoded, while etcd prepares the next
-            one, so that a caller can digest a large prefix while it arrives; the
+            in key order; up to L{DIGEST} keys, a reactor turn each) as soon as it is
+            decoded, while etcd prepares the next one, so that a caller can digest a
+            large prefix while it arrives; the
             result's C{kvs} is then empty and its C{count} the number of keys read.
             An exception from C{on_page} ends the read with that exception.
+        @param pause: when not 0, a read in the background: each page is asked
+            for C{pause} seconds after the last one was digested, not before, so
+            that etcd and this process leave room for other work.
         """
         raw = wire.key_bytes(prefix)
         end = wire.prefix_end(raw)
@@ -345,7 +338,6 @@ class EtcdClient(Transport):
         message = yield fetch(raw, end)
         if page_size is None:
             total = int(message.get("count") or 0)
-            size = page_size_for(total)
             if total > SLICE_AT and message.get("kvs"):
                 after = wire.unb64(message["kvs"][-1]["key"]) + b"\0"
                 bounds = [raw + c for c in SLICES if raw + c > after] + [end]
@@ -360,16 +352,21 @@ class EtcdClient(Transport):
             stop = message["range_end"]
             following = None
             if page and message.get("more", False):
-                following = fetch(wire.unb64(page[-1]["key"]) + b"\0", stop)
+                following = (wire.unb64(page[-1]["key"]) + b"\0", stop)
             elif ranges:
-                following = fetch(*ranges.pop(0))
+                following = ranges.pop(0)
+            if following is not None and pause:
+                yield self._digest(page, take)
+                page = ()
+                yield _sleep(self._reactor, pause)
+            if following is not None:
+                following = fetch(*following)
             if following is not None:
                 try:
                     # Let the reactor send the request before we decode.
                     yield _next_turn(self._reactor)
                     yield _next_turn(self._reactor)
-                    if page:
-                        take(wire.decode_kvs(page))
+                    yield self._digest(page, take)
                 except Exception:
                     failure = Failure()
                     # The caller gives up: let the read of the next page end (its
@@ -377,12 +374,24 @@ class EtcdClient(Transport):
                     yield following.addErrback(lambda _: None)
                     failure.raiseException()
             elif page:
-                take(wire.decode_kvs(page))
+                yield self._digest(page, take)
             message = page = None
             if following is None:
                 break
             message = yield following
         returnValue(wire.RangeResult(kvs, pinned, False, count))
+
+    @inlineCallbacks
+    def _digest(self, page, take):
+        """
+        Decode a page and hand it to C{take} in chunks of L{DIGEST} keys, a reactor
+        turn each: decoding and applying a page of ports takes tens of milliseconds,
+        which a bind would wait for.
+        """
+        for i in range(0, len(page), DIGEST):
+            if i:
+                yield _next_turn(self._reactor)
+            take(wire.decode_kvs(page[i:i + DIGEST]))
 
     def put(self, key, value, prev_kv=False, lease=0):
         """Write a key -> L{wire.PutResult}."""
@@ -485,6 +494,12 @@ def _with_range(stop):
         message["range_end"] = stop
         return message
     return decode
+
+
+def _sleep(reactor, seconds):
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
 
 
 def _next_turn(reactor):

@@ -255,8 +255,7 @@ class ClientTests(EtcdServerMixin, TestCase):
         keys = [kv.key for kv in result.kvs]
         self.assertEqual(keys, sorted(set(keys)))
         self.assertGreaterEqual(len(keys), 10000)
-        # Reading again at that revision gives the same snapshot, in pages of the
-        # size chosen for the prefix.
+        # Reading again at that revision gives the same snapshot, also in slices.
         again = yield client.get_all("/big/", revision=pinned, page_size=3000)
         self.assertEqual(again, result)
         again = yield client.get_all("/big/", revision=pinned)
@@ -314,6 +313,9 @@ class ClientTests(EtcdServerMixin, TestCase):
         self.assertTrue(all(int(c["revision"]) == result.revision for c in calls[1:]))
         whole = yield client.get_all("/sl/", page_size=1000)
         self.assertEqual(keys, [kv.key for kv in whole.kvs])
+        # A read in the background, page after page, reads the same.
+        paced = yield client.get_all("/sl/", revision=result.revision, pause=0.001)
+        self.assertEqual(keys, [kv.key for kv in paced.kvs])
         calls[:] = []
         small = yield client.get_all("/sk/")
         self.assertEqual([kv.key for kv in small.kvs], ["/sk/x"])
@@ -541,14 +543,3 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(client.endpoint, "http://127.0.0.1:1")
         self.successResultOf(client.close())
 
-
-class PageSizeTests(SynchronousTestCase):
-    def test_page_size_for(self):
-        """
-        Pages of 2,000 keys, and of about a fiftieth of a large prefix, at most
-        10,000.
-        """
-        from shim.etcd.client import page_size_for
-        for count, size in [(0, 2000), (1, 2000), (100000, 2000), (150000, 3000),
-                            (485000, 9700), (10 ** 7, 10000)]:
-            self.assertEqual(page_size_for(count), size, count)

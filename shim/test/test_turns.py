@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from shim import turns
 from shim.test.test_workqueue import TurnClock
-from shim.turns import walk
+from shim.turns import NameSet, walk
 
 
 class SteppedTime:
@@ -89,3 +89,22 @@ class WalkTests(SynchronousTestCase):
         failure = self.failureResultOf(walk(clock, range(10), step), ValueError)
         self.assertEqual(str(failure.value), "item 3")
         self.assertEqual(seen, [0, 1, 2])
+
+
+class NameSetTests(SynchronousTestCase):
+    def test_set_of_names(self):
+        """
+        L{NameSet} holds names as a set does, whatever they start with, the empty
+        name included.
+        """
+        names = NameSet()
+        for name in ["0abc", "0abd", "f", "", "é", "0abc"]:
+            names.add(name)
+        self.assertEqual(len(names), 5)
+        for name in ["0abc", "0abd", "f", "", "é"]:
+            self.assertIn(name, names)
+        for name in ["0ab", "1abc", "ff", "e"]:
+            self.assertNotIn(name, names)
+        names.clear()
+        self.assertEqual(len(names), 0)
+        self.assertNotIn("f", names)

@@ -501,6 +501,32 @@ class ControlTests(WorkQueueCase):
         self.assertEqual(self.reconcile.runs, keys)
         self.assertEqual(queue.depth, 0)
 
+    def test_time_per_turn(self):
+        """
+        A turn also ends once its reconciles took L{SLICE} seconds (looked at every
+        few keys), however few of L{BATCH} ran.
+        """
+        from shim import workqueue
+        now = [0.0]
+
+        def timer():
+            return now[0]
+
+        def slow(key):
+            now[0] += workqueue.SLICE / 40
+            self.reconcile.runs.append(key)
+
+        clock = TurnClock()
+        queue = WorkQueue(slow, clock, self.metrics, timer=timer)
+        queue.mark_all(range(200))
+        clock.turn()
+        self.assertEqual(len(self.reconcile.runs), 64)
+        clock.turn()
+        self.assertEqual(len(self.reconcile.runs), 128)
+        while clock.calls:
+            clock.turn()
+        self.assertEqual(self.reconcile.runs, list(range(200)))
+
     def test_stop(self):
         """
         Stopping cancels the pending turn and the retries.
