@@ -369,7 +369,7 @@ def child_getall(reactor, params):
     """Baseline 1: a bare get_all of /proton/ with the shim's client."""
     client = EtcdClient(endpoints=[params["endpoint"]], timeout=30.0)
     started = time.perf_counter()
-    found = yield client.get_all(keys.PROTON_PREFIX)
+    found = yield client.get_all(keys.PROTON_PREFIX, page_size=5000)
     elapsed = time.perf_counter() - started
     yield client.close()
     emit({"elapsed": elapsed, "count": len(found.kvs)})
