@@ -228,7 +228,7 @@ class Follower:
                 self.log.warn(
                     "the watch ended ({reason}: {error}); resuming from revision "
                     "{revision} in {delay:.1f}s",
-                    reason=ended.reason, error=ended.error, revision=self.revision + 1,
+                    reason=ended.reason, error=ended.error, revision=self._watch_from,
                     delay=delay,
                 )
                 yield self._pause(delay)

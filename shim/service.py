@@ -343,11 +343,12 @@ class ShimService(Service):
 
     def _fence(self):
         """
-        The compares every result write carries on v3: the election key still ours.
-        On v2 results and the election live in separate stores, and a write is fenced
-        by the local lease deadline only (docs/ha.md).
+        The compares every result write carries where the client has transactions
+        (v3): the election key still ours.  On v2 results and the election live in
+        separate stores, and a write is fenced by the local lease deadline only
+        (docs/ha.md).
         """
-        if self.election is None or getattr(self.config, "etcd_api", "v3") == "v2":
+        if self.election is None or not getattr(self.client, "transactions", True):
             return ()
         return self.election.fence()
 

@@ -403,6 +403,9 @@ class EtcdClient(Transport):
         return self._call("delete %r" % (key,), "/kv/deleterange",
                           wire.delete_request(key, prefix, prev_kv), wire.decode_delete)
 
+    #: Writes can carry compares on other keys (the election's fence).
+    transactions = True
+
     def txn(self, compare=(), success=(), failure=()):
         """A transaction built with L{wire.Compare} and L{wire.Op} -> L{wire.TxnResult}."""
         return self._call("txn", "/kv/txn", wire.txn_request(compare, success, failure),

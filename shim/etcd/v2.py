@@ -466,6 +466,10 @@ class EtcdV2Client(Transport):
                         reactor=self._reactor)
         return self._run_watch(watch)
 
+    #: v2 has no transactions: a write cannot carry a compare on another key (the
+    #: election's, which lives in v3's store anyway).
+    transactions = False
+
     def txn(self, compare=(), success=(), failure=()):
         raise NotImplementedError("etcd v2 has no transactions: use put_if/delete_if")
 
