@@ -63,8 +63,8 @@ class Told:
     What the backend has been told about one port bound by this shim.
 
     One per bound port, hundreds of thousands of them on a large site: the
-    placement is the result's, and the bindings and services are kept as tuples of
-    pairs (a port has one or two), not dicts.
+    placement is the result's, and the bindings and services are kept as flat
+    tuples (a port has one or two), not dicts.
 
     @ivar port: the port object as last told (the C{changes.prev} of the next call).
     @ivar result: the L{shim.bindresult.BindResult} published for it.
@@ -300,7 +300,7 @@ class Controller:
             seen.add(uuid)
             mine = bindresult.controller_of(kv.value) == name
             if (mine or uuid in told) and uuid not in writer.pending:
-                writer.note(uuid, kv.mod_revision, kv.value)
+                writer.note(uuid, kv.mod_revision, kv.value, mine)
             if mine:
                 if restore:
                     ours[uuid] = kv.value

@@ -393,6 +393,24 @@ class Follower:
         return (oldest if oldest is not None else revision), status, objects
 
     @inlineCallbacks
+    def _snapshot(self, restore, tombstones, pause=0):
+        """
+        Read a snapshot and bring the model to it: every page applied, then every
+        object it does not have deleted.
+
+        @param tombstones: beside the live watch, the deletions the watch applies
+            meanwhile (C{(table, name)} to revision); C{None} for a full resync.
+        @return: C{(revision to watch after, status, objects read)}.
+        """
+        present = {table: NameSet() for table in self.schema.tables}
+        read = yield self._read(
+            lambda table, page: self._apply_page(table, page, present[table], tombstones),
+            restore, pause=pause,
+        )
+        yield self._apply_deletions(present, read[0], tombstones)
+        return read
+
+    @inlineCallbacks
     def _synchronise(self, cause):
         """
         A full resynchronisation: read everything at one revision and bring the model
@@ -410,23 +428,17 @@ class Follower:
                     obj.revision = 0
         self.cluster_id = status.cluster_id
         self.metrics.child(self.metrics.resyncs, cause).inc()
-        present = {table: NameSet() for table in self.schema.tables}
         # Nothing is decided on a half-read model.
         self.sink.snapshot_started()
         first, self._first_snapshot = self._first_snapshot, False
         restore, self._restore = self._restore, False
         try:
-            revision, status, objects = yield self._read(
-                lambda table, page: self._apply_page(table, page, present[table], None),
-                first or restore,
-            )
+            revision, status, objects = yield self._snapshot(first or restore, None)
         except BaseException:
             # Read again from the start: the next snapshot restores what this one
             # would have.
             self._first_snapshot, self._restore = first, restore
             raise
-        yield self._apply_deletions(present, revision, None)
-        present.clear()
         self.revision = revision
         # The snapshot holds all of its revision: watch from the next one.
         self._watch_from = revision + 1
@@ -451,21 +463,14 @@ class Follower:
         self._tombstones = {}
         try:
             self.metrics.child(self.metrics.resyncs, cause).inc()
-            present = {table: NameSet() for table in self.schema.tables}
-            tombstones = self._tombstones
             self.sink.snapshot_started(full=False)
             restore, self._restore = self._restore, False
             try:
-                revision, status, objects = yield self._read(
-                    lambda table, page: self._apply_page(
-                        table, page, present[table], tombstones),
-                    restore, pause=BACKGROUND_PAUSE,
-                )
+                revision, status, objects = yield self._snapshot(
+                    restore, self._tombstones, pause=BACKGROUND_PAUSE)
             except BaseException:
                 self._restore = self._restore or restore
                 raise
-            yield self._apply_deletions(present, revision, tombstones)
-            present.clear()
             if self.running:
                 yield self.sink.snapshot_applied(restore)
                 self.last_resync = (self.reactor.seconds(), cause)

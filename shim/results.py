@@ -188,18 +188,20 @@ class ResultWriter:
             lambda failure: self._count(REMOVE, "error"),
         )
 
-    def note(self, uuid, mod_revision, value):
+    def note(self, uuid, mod_revision, value, ours=None):
         """
         Remember what etcd holds for port C{uuid}'s result key, as read by a snapshot
         (C{value} C{None}: absent).
-        """
-        self._remember(uuid, mod_revision, value)
 
-    def _remember(self, uuid, mod_revision, value):
-        self.known[uuid] = (
-            mod_revision, fingerprint(value),
-            value is not None and controller_of(value) == self._controller,
-        )
+        @param ours: whether C{value} names this controller, when the caller knows
+            (it read it already): a snapshot's results are not decoded twice.
+        """
+        self._remember(uuid, mod_revision, value, ours)
+
+    def _remember(self, uuid, mod_revision, value, ours=None):
+        if ours is None:
+            ours = value is not None and controller_of(value) == self._controller
+        self.known[uuid] = (mod_revision, fingerprint(value), ours)
 
     def revision(self, uuid):
         """

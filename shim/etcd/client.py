@@ -333,9 +333,10 @@ class EtcdClient(Transport):
             return self._call(
                 call, "/kv/range",
                 wire.range_request(start, revision=pinned, limit=size,
-                                   range_end=stop), _with_range(stop))
+                                   range_end=stop))
 
-        message = yield fetch(raw, end)
+        stop = end
+        message = yield fetch(raw, stop)
         if page_size is None:
             total = int(message.get("count") or 0)
             if total > SLICE_AT and message.get("kvs"):
@@ -343,41 +344,38 @@ class EtcdClient(Transport):
                 bounds = [raw + c for c in SLICES if raw + c > after] + [end]
                 ranges = list(zip(bounds[:-1], bounds[1:]))
                 # The first page's range goes on to the first bound only.
-                message["range_end"] = bounds[0]
+                stop = bounds[0]
         while True:
             if not pinned:
                 pinned = wire.header_revision(message)
             page = message.get("kvs") or ()
             count += len(page)
-            stop = message["range_end"]
-            following = None
             if page and message.get("more", False):
                 following = (wire.unb64(page[-1]["key"]) + b"\0", stop)
             elif ranges:
                 following = ranges.pop(0)
-            if following is not None and pause:
+            else:
+                if page:
+                    yield self._digest(page, take)
+                break
+            if pause:
                 yield self._digest(page, take)
                 page = ()
                 yield _sleep(self._reactor, pause)
-            if following is not None:
-                following = fetch(*following)
-            if following is not None:
-                try:
-                    # Let the reactor send the request before we decode.
-                    yield _next_turn(self._reactor)
-                    yield _next_turn(self._reactor)
-                    yield self._digest(page, take)
-                except Exception:
-                    failure = Failure()
-                    # The caller gives up: let the read of the next page end (its
-                    # answer dropped), so that nothing is left running.
-                    yield following.addErrback(lambda _: None)
-                    failure.raiseException()
-            elif page:
+            stop = following[1]
+            following = fetch(*following)
+            try:
+                # Let the reactor send the request before we decode.
+                yield _next_turn(self._reactor)
+                yield _next_turn(self._reactor)
                 yield self._digest(page, take)
+            except Exception:
+                failure = Failure()
+                # The caller gives up: let the read of the next page end (its
+                # answer dropped), so that nothing is left running.
+                yield following.addErrback(lambda _: None)
+                failure.raiseException()
             message = page = None
-            if following is None:
-                break
             message = yield following
         returnValue(wire.RangeResult(kvs, pinned, False, count))
 
@@ -486,17 +484,6 @@ class EtcdClient(Transport):
                       idle_timeout=idle_timeout, on_progress=on_progress,
                       reactor=self._reactor)
         return self._run_watch(watch)
-
-
-def _with_range(stop):
-    """
-    A decoder of a range answer that keeps the range's end with it, for the next
-    page of the same range.
-    """
-    def decode(message):
-        message["range_end"] = stop
-        return message
-    return decode
 
 
 def _sleep(reactor, seconds):
