@@ -192,24 +192,7 @@ def decode(value):
     @return: a L{BindResult}, or C{None} for C{{}} or any value that is not a result
         (not JSON, not an object, no string C{vif_type}).
     """
-    if not value:
-        return None
-    try:
-        decoded = json.loads(value)
-    except (ValueError, RecursionError):
-        return None
-    if type(decoded) is not dict or not isinstance(decoded.get("vif_type"), str):
-        return None
-    details = decoded.get("vif_details")
-    if isinstance(details, str):
-        try:
-            details = json.loads(details)
-        except (ValueError, RecursionError):
-            pass
-    return BindResult(
-        decoded["vif_type"], details, _text(decoded.get("controller")),
-        _text(decoded.get("host_id")), _text(decoded.get("device_id")),
-    )
+    return read(value)[1]
 
 
 def controller_of(value):
@@ -218,13 +201,44 @@ def controller_of(value):
     """
     if not value or value == EMPTY:
         return None
+    decoded = _object(value)
+    return None if decoded is None else _text(decoded.get("controller"))
+
+
+def read(value):
+    """
+    Read a raw value once for both what a snapshot asks of it: the C{controller} it
+    names (even when it is not a whole result) and the L{BindResult} it holds.
+
+    @return: C{(controller or None, BindResult or None)}.
+    """
+    if not value or value == EMPTY:
+        return None, None
+    decoded = _object(value)
+    if decoded is None:
+        return None, None
+    controller = _text(decoded.get("controller"))
+    if not isinstance(decoded.get("vif_type"), str):
+        return controller, None
+    details = decoded.get("vif_details")
+    if isinstance(details, str):
+        try:
+            details = json.loads(details)
+        except (ValueError, RecursionError):
+            pass
+    return controller, BindResult(
+        decoded["vif_type"], details, controller,
+        _text(decoded.get("host_id")), _text(decoded.get("device_id")),
+    )
+
+
+def _object(value):
+    """The JSON object a raw value holds, or C{None}."""
     try:
         decoded = json.loads(value)
     except (ValueError, RecursionError):
         return None
-    if type(decoded) is dict:
-        return _text(decoded.get("controller"))
-    return None
+    return decoded if type(decoded) is dict else None
 
 
 def _text(value):
@@ -232,4 +246,4 @@ def _text(value):
 
 
 __all__ = ["BindResult", "MalformedAnswer", "from_answer", "decode", "controller_of",
-           "EMPTY", "VIF_ATTRIBUTES"]
+           "read", "EMPTY", "VIF_ATTRIBUTES"]

@@ -298,12 +298,17 @@ class Controller:
                 continue
             uuid = key_of(schema.port, uuid)
             seen.add(uuid)
-            mine = bindresult.controller_of(kv.value) == name
+            if restore:
+                controller, result = bindresult.read(kv.value)
+            else:
+                controller = bindresult.controller_of(kv.value)
+            mine = controller == name
             if (mine or uuid in told) and uuid not in writer.pending:
                 writer.note(uuid, kv.mod_revision, kv.value, mine)
             if mine:
                 if restore:
-                    ours[uuid] = kv.value
+                    if result is not None:
+                        ours[uuid] = result
                 elif uuid not in told:
                     port = ports.get(uuid)
                     if port is None or not is_ours(port.get("host_id")):
@@ -381,13 +386,12 @@ class Controller:
         told the backend itself before (it acted, stood by, and acts again) is kept
         where no result says otherwise: a port it bound that is gone meanwhile still
         gets its C{delete_port}.
+
+        @param ours: port uuid to the L{bindresult.BindResult} naming us.
         """
-        for uuid, value in ours.items():
-            result = bindresult.decode(value)
+        for uuid, result in ours.items():
             told = self.told.get(uuid)
             if told is not None and told.result is not None and told.result == result:
-                continue
-            if result is None:
                 continue
             port = self.model.ports.get(uuid)
             current = portstate.placement(port) if port is not None else (None, None)

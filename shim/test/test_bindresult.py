@@ -17,6 +17,7 @@ from shim.bindresult import (
     controller_of,
     decode,
     from_answer,
+    read,
 )
 
 DETAILS = {"port_filter": False, "bridge_name": "br-gluon"}
@@ -191,6 +192,21 @@ class WireFormTests(SynchronousTestCase):
         for raw in (EMPTY, b"", None, b"garbage", b"[1]", b"[" * 5000,
                     b'{"controller": 7}'):
             self.assertIsNone(controller_of(raw))
+
+    def test_read(self):
+        """
+        L{read} gives what L{controller_of} and L{decode} give, from one parse: a
+        value naming a controller without being a whole result names it all the same.
+        """
+        whole = BindResult("ovs", DETAILS, "East", "h", "d")
+        self.assertEqual(read(whole.encode()), ("East", whole))
+        self.assertEqual(read(b'{"controller": "East"}'), ("East", None))
+        self.assertEqual(read(b'{"vif_type": "ovs"}'),
+                         (None, BindResult("ovs", None)))
+        for raw in (EMPTY, b"", None, b"garbage", b"[1]", b"[" * 5000,
+                    b'{"controller": 7}'):
+            self.assertEqual(read(raw), (None, None))
+            self.assertEqual((controller_of(raw), decode(raw)), read(raw))
 
     def test_equality(self):
         a = BindResult("ovs", DETAILS, "S", "h", "d")
