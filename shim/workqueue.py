@@ -84,11 +84,13 @@ class WorkQueue:
             return
         if key in self._dirty:
             return
-        marked = self._swept.pop(key, None)
-        call = self._delayed.pop(key, None)
-        if call is not None and call.active():
-            # A change does not wait for the backoff of an earlier failure.
-            call.cancel()
+        # Out of the sweep lane, if a sweep had put it there (it keeps its age).
+        marked = self._swept.pop(key, None) if self._swept else None
+        if self._delayed:
+            call = self._delayed.pop(key, None)
+            if call is not None and call.active():
+                # A change does not wait for the backoff of an earlier failure.
+                call.cancel()
         self._dirty[key] = self._clock.seconds() if marked is None else marked
         self._schedule()
 
