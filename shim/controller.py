@@ -342,15 +342,15 @@ class Controller:
                 # Our result went missing: the reconcile writes it again.
                 writer.note(uuid, 0, None)
 
-        yield walk(self.clock, list(told), missing)
+        yield walk(self.clock, tuple(told), missing)
         if self.precreate_results:
             def precreate(uuid):
                 if uuid not in seen and uuid in ports:
                     writer.precreate(uuid)
 
-            yield walk(self.clock, list(ports), precreate)
+            yield walk(self.clock, tuple(ports), precreate)
         seen.clear()
-        self.queue.sweep_all(self._sweep(list(ports), list(told)))
+        self.queue.sweep_all(self._sweep(tuple(ports), tuple(told)))
 
     def _sweep(self, port_names, told_names):
         """
