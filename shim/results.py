@@ -33,19 +33,44 @@ PUBLISH = "publish"
 PUBLISH_AGAIN = "publish_again"
 PRECREATE = "precreate"
 
-#: What L{ResultWriter.known} holds for a key that exists with an unknown value.
-EXISTS = (-1, None, False)
 CLEAR = "clear"
 REMOVE = "remove"
+
+_FINGERPRINT = (1 << 64) - 1
 
 
 def fingerprint(value):
     """
     What L{ResultWriter.known} keeps of a result value (bytes, or C{None} for an
-    absent key): its 64-bit hash.  Two different results taken for the same is a
-    chance of one in 2**64 per comparison.
+    absent key): its 64-bit hash, unsigned.  Two different results taken for the
+    same is a chance of one in 2**64 per comparison.
     """
-    return None if value is None else hash(value)
+    return None if value is None else hash(value) & _FINGERPRINT
+
+
+def pack(mod_revision, fingerprint, ours):
+    """
+    What is known of a result key, as one int: the revision + 1, the fingerprint + 1
+    (0 for C{None}) and whether it names us, in 66 + 65 + 1 bits.
+
+    An int, not a tuple: the garbage collector does not track ints.  A dict of
+    hundreds of thousands of keys holding only untracked values is not tracked
+    either, and stays so after C{gc.freeze()}; one fresh tuple put in it would
+    have every full collection walk it whole (tens of milliseconds at a million
+    objects).  It is also about a third of the size.
+    """
+    return (((mod_revision + 1) << 66)
+            | ((0 if fingerprint is None else fingerprint + 1) << 1) | bool(ours))
+
+
+def unpack(packed):
+    """The C{(mod_revision, fingerprint, ours)} that L{pack} packed."""
+    code = (packed >> 1) & ((1 << 65) - 1)
+    return (packed >> 66) - 1, (None if code == 0 else code - 1), bool(packed & 1)
+
+
+#: What L{ResultWriter.known} holds for a key that exists with an unknown value.
+EXISTS = pack(-1, None, False)
 
 
 _EMPTY = fingerprint(EMPTY)
@@ -61,10 +86,10 @@ class ResultWriter:
     @ivar pending: port uuid to the latest wish not yet done.
     @ivar delayed: port uuid to the delayed call of a clear asked with a delay.
     @ivar known: port uuid to C{(mod_revision, fingerprint, ours)} as last read or
-        written: the value's L{fingerprint} (C{None} when the key was absent, with a
-        revision of 0) and whether it names this controller.  A fingerprint rather
-        than the value: with hundreds of thousands of bound ports, the values would
-        cost a few hundred bytes each.
+        written, L{pack}ed: the value's L{fingerprint} (C{None} when the key was
+        absent, with a revision of 0) and whether it names this controller.  A
+        fingerprint rather than the value: with hundreds of thousands of bound
+        ports, the values would cost a few hundred bytes each.  L{known_of} unpacks.
     """
 
     log = Logger()
@@ -160,12 +185,12 @@ class ResultWriter:
         d = self._cas.put_if(self._schema.result_key(uuid), EMPTY, 0)
 
         def created(outcome):
-            if outcome.succeeded and self.known.get(uuid) is EXISTS:
+            if outcome.succeeded and self.known.get(uuid) == EXISTS:
                 self._remember(uuid, outcome.revision, EMPTY)
             self._count(PRECREATE, "ok" if outcome.succeeded else "skipped")
 
         def failed(failure):
-            if self.known.get(uuid) is EXISTS:
+            if self.known.get(uuid) == EXISTS:
                 del self.known[uuid]
             self._count(PRECREATE, "error")
             self.log.debug("creating the result key of port {uuid} failed: {error}",
@@ -178,11 +203,14 @@ class ResultWriter:
         Delete port C{uuid}'s result key if it still holds C{{}} as last seen (a
         deleted port's key, created by proton or by L{precreate}); never a result.
         """
-        known = self.known.pop(uuid, None)
-        if (known is None or known is EXISTS or known[1] != _EMPTY or known[0] <= 0
+        packed = self.known.pop(uuid, None)
+        if packed is None:
+            return
+        revision, current, _ = unpack(packed)
+        if (current != _EMPTY or revision <= 0
                 or uuid in self.pending or self._stopped or not self._acting()):
             return
-        d = self._cas.delete_if(self._schema.result_key(uuid), known[0])
+        d = self._cas.delete_if(self._schema.result_key(uuid), revision)
         d.addCallbacks(
             lambda outcome: self._count(REMOVE, "ok" if outcome.succeeded else "skipped"),
             lambda failure: self._count(REMOVE, "error"),
@@ -201,14 +229,22 @@ class ResultWriter:
     def _remember(self, uuid, mod_revision, value, ours=None):
         if ours is None:
             ours = value is not None and controller_of(value) == self._controller
-        self.known[uuid] = (mod_revision, fingerprint(value), ours)
+        self.known[uuid] = pack(mod_revision, fingerprint(value), ours)
+
+    def known_of(self, uuid):
+        """
+        What is known of port C{uuid}'s result key: C{(mod_revision, fingerprint,
+        ours)}, or C{None}.
+        """
+        packed = self.known.get(uuid)
+        return None if packed is None else unpack(packed)
 
     def revision(self, uuid):
         """
         The mod_revision of port C{uuid}'s result key as last read or written (0 when
         absent or unknown).
         """
-        known = self.known.get(uuid)
+        known = self.known_of(uuid)
         return known[0] if known is not None and known[0] > 0 else 0
 
     def forget(self, uuid):
@@ -222,7 +258,7 @@ class ResultWriter:
         wish = self.pending.get(uuid)
         if wish is not None:
             return wish[0] in (PUBLISH, PUBLISH_AGAIN) and wish[1] == value
-        known = self.known.get(uuid)
+        known = self.known_of(uuid)
         return known is not None and known[1] == fingerprint(value)
 
     def names_us(self, uuid):
@@ -236,7 +272,7 @@ class ResultWriter:
         if uuid in self._running:
             # A write may be landing: clear or delete after it, compare-and-set.
             return True
-        known = self.known.get(uuid)
+        known = self.known_of(uuid)
         return known is not None and known[2]
 
     def idle(self):
@@ -344,14 +380,14 @@ class ResultWriter:
             needed writing, C{None} when the compare failed (the key changed).
         """
         key = self._schema.result_key(uuid)
-        known = self.known.get(uuid)
+        known = self.known_of(uuid)
         if known is None or known[0] < 0:
             found = yield self._client.get(key)
             if found.kvs:
                 self._remember(uuid, found.kvs[0].mod_revision, found.kvs[0].value)
             else:
                 self._remember(uuid, 0, None)
-            known = self.known[uuid]
+            known = self.known_of(uuid)
         revision, current, ours = known
         if kind in (PUBLISH, PUBLISH_AGAIN):
             if current == fingerprint(value) and kind == PUBLISH:

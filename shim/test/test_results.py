@@ -4,6 +4,7 @@ fake clock: compare-and-set over what proton or another shim wrote, the latest w
 winning, delayed releases, conflicts, failures and backoff.
 """
 
+import gc
 import json
 
 from twisted.internet.task import Clock
@@ -13,7 +14,8 @@ from shim.backoff import Backoff
 from shim.bindresult import EMPTY, BindResult
 from shim.etcd import ConnectionFailed
 from shim.metrics import Metrics
-from shim.results import MAX_CONFLICTS, ResultWriter
+from shim.results import (
+    EXISTS, MAX_CONFLICTS, ResultWriter, fingerprint, pack, unpack)
 from shim.schema import model_named
 from shim.test.fakeetcd import FakeEtcd
 
@@ -79,6 +81,38 @@ class WriterCase(SynchronousTestCase):
 
     def up(self):
         self.etcd.fail = None
+
+
+class KnownTests(WriterCase):
+    """
+    What the writer keeps of each result key: packed into an int.
+    """
+
+    def test_pack_round_trip(self):
+        for known in [(0, None, False), (-1, None, False), (7, 0, True),
+                      (2 ** 63 - 1, 2 ** 64 - 1, True), (12, fingerprint(b"{}"), False),
+                      (3, fingerprint(OURS.encode()), True)]:
+            self.assertEqual(unpack(pack(*known)), known)
+        self.assertEqual(unpack(EXISTS), (-1, None, False))
+        self.assertNotEqual(pack(0, None, False), EXISTS)
+
+    def test_known_untracked(self):
+        """
+        The writer's memory of many keys is not tracked by the garbage collector, and
+        stays so as keys are noted, written and removed: a full collection never
+        walks it.
+        """
+        for n in range(1000):
+            self.writer.note("q%d" % (n,), n + 1, OURS.encode())
+        self.writer.note("absent", 0, None)
+        self.publish()
+        self.clock.advance(0)
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertFalse(gc.is_tracked(self.writer.known))
+        self.assertEqual(self.writer.known_of("q3"),
+                         (4, fingerprint(OURS.encode()), True))
+        self.assertEqual(self.writer.known_of("absent"), (0, None, False))
+        self.assertIsNone(self.writer.known_of("nothing"))
 
 
 class PublishTests(WriterCase):
