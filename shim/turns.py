@@ -16,8 +16,10 @@ import time
 
 from twisted.internet.defer import Deferred
 
-#: Seconds of work before the reactor is given back.
-SLICE = 0.005
+#: Seconds of work before the reactor is given back.  Walks are background work: a
+#: bind asked meanwhile needs a few reactor turns (its event, its result's round
+#: trips), and waits for a slice at each.
+SLICE = 0.002
 
 #: Items between two looks at the time.
 _CHECK_EVERY = 128

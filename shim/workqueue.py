@@ -15,7 +15,9 @@ snapshot, a resync or a restart does.  The queue
     (and the binds behind it) up;
   - keeps the keys a sweep marks (a snapshot, a resync: every port on our hosts)
     behind the keys events mark, so that a bind asked during a resync of a million
-    ports is reconciled at once, not after them.
+    ports is reconciled at once, not after them; and gives the reactor back after
+    L{SWEEP_SLICE} seconds of swept keys, so that the few turns a bind needs
+    (its event, its result's round trips) each wait little behind a sweep.
 
 A reconcile is C{reconcile(key)}: it returns C{None} when the key is done, or the name
 of what failed (a callback, or C{"write_result"}) when it must be tried again, or a
@@ -28,6 +30,7 @@ from collections import OrderedDict
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from shim import turns
 from shim.backoff import Backoff
 
 #: Synchronous reconciles per reactor turn, at most.
@@ -36,6 +39,10 @@ BATCH = 500
 #: Seconds of reconciles per reactor turn, at most (looked at every L{_CHECK_EVERY}).
 SLICE = 0.005
 _CHECK_EVERY = 32
+_SWEEP_CHECK_EVERY = 8
+
+#: Seconds of swept keys' reconciles per reactor turn, at most: background work.
+SWEEP_SLICE = turns.SLICE
 
 _DONE = object()
 
@@ -251,6 +258,9 @@ class WorkQueue:
                 break
             if self._dirty:
                 key, _ = self._dirty.popitem(last=False)
+            elif budget < BATCH and (BATCH - budget) % _SWEEP_CHECK_EVERY == 0 and (
+                    self._timer() - started >= SWEEP_SLICE):
+                break
             elif self._swept:
                 key, _ = self._swept.popitem(last=False)
             elif self._sweep is not None:

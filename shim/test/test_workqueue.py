@@ -527,6 +527,37 @@ class ControlTests(WorkQueueCase):
             clock.turn()
         self.assertEqual(self.reconcile.runs, list(range(200)))
 
+    def test_time_per_turn_of_a_sweep(self):
+        """
+        Swept keys are background work: a turn of them ends after L{SWEEP_SLICE}
+        seconds, and a key marked meanwhile is reconciled first in the next turn.
+        """
+        from shim import workqueue
+        now = [0.0]
+
+        def timer():
+            return now[0]
+
+        def slow(key):
+            now[0] += workqueue.SWEEP_SLICE / 40
+            self.reconcile.runs.append(key)
+
+        clock = TurnClock()
+        queue = WorkQueue(slow, clock, self.metrics, timer=timer)
+        queue.sweep_all(iter(range(200)))
+        clock.turn()
+        # the time is looked at every few keys
+        first = len(self.reconcile.runs)
+        self.assertTrue(40 <= first <= 44, first)
+        queue.mark("bind")
+        clock.turn()
+        self.assertEqual(self.reconcile.runs[first], "bind")
+        self.assertLessEqual(len(self.reconcile.runs), 2 * first + 1)
+        while clock.calls:
+            clock.turn()
+        self.assertEqual(self.reconcile.runs, list(range(first)) + ["bind"]
+                         + list(range(first, 200)))
+
     def test_stop(self):
         """
         Stopping cancels the pending turn and the retries.
