@@ -28,6 +28,7 @@ an older version and marks the service, whose worker calls C{modify_service} (or
 C{delete_service}).
 """
 
+import functools
 import sys
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -38,7 +39,7 @@ from shim.bindresult import MalformedAnswer
 from shim.model import Changes, Port
 from shim.portstate import BOUND, UNBOUND
 from shim.schema import VIF_ATTRIBUTES, VOLATILE
-from shim.turns import NameSet, walk
+from shim.turns import NameSet, keys_of, walk
 
 #: Seconds after a port migrated to another controller's host before this shim
 #: clears its old bind result: proton waits about 8 seconds for the new one.
@@ -159,6 +160,8 @@ class Controller:
         self.epoch = epoch
         self.release_delay = RELEASE_DELAY
         self.told = {}
+        # ports told added and removed so far (see _told_names)
+        self._told_moves = [0, 0]
         # service id -> the uuids of ports whose Told lists it
         self._service_users = {}
         # port uuid -> when its bind request was first seen, for the latency metric
@@ -342,15 +345,16 @@ class Controller:
                 # Our result went missing: the reconcile writes it again.
                 writer.note(uuid, 0, None)
 
-        yield walk(self.clock, tuple(told), missing)
+        yield walk(self.clock, self._told_names(), missing)
+        port_names = functools.partial(self.model.names, self.schema.port)
         if self.precreate_results:
             def precreate(uuid):
                 if uuid not in seen and uuid in ports:
                     writer.precreate(uuid)
 
-            yield walk(self.clock, tuple(ports), precreate)
+            yield walk(self.clock, port_names(), precreate)
         seen.clear()
-        self.queue.sweep_all(self._sweep(tuple(ports), tuple(told)))
+        self.queue.sweep_all(self._sweep(port_names(), self._told_names()))
 
     def _sweep(self, port_names, told_names):
         """
@@ -467,9 +471,17 @@ class Controller:
         if old is not None:
             self._unuse(uuid, old)
         if told is None:
-            self.told.pop(uuid, None)
+            if old is not None:
+                del self.told[uuid]
+                self._told_moves[1] += 1
             return
+        if old is None:
+            self._told_moves[0] += 1
         self.told[uuid] = told
+
+    def _told_names(self):
+        """The uuids of the ports told, drawn lazily (see L{shim.turns.keys_of})."""
+        return keys_of(self.told, lambda: tuple(self._told_moves))
 
     def _use(self, uuid, told, versions):
         self._unuse(uuid, told)

@@ -523,7 +523,7 @@ class Follower:
         def each_name():
             for table in reversed(self.schema.tables):
                 objects = self.model.table(table)
-                for name in tuple(objects):
+                for name in self.model.names(table):
                     yield table, objects, name
 
         def step(item):

@@ -17,6 +17,7 @@ from collections.abc import KeysView, MutableMapping
 
 from shim.portstate import UNBOUND
 from shim.schema import SEED
+from shim.turns import keys_of
 
 #: The largest value the shim accepts for one object; a port row is about 1 KiB.
 MAX_VALUE_SIZE = 256 * 1024
@@ -449,6 +450,10 @@ class Model:
         self._services_by_rt = {}
         # port uuid -> set of interface names whose port_id names it (1.x)
         self._interfaces_by_port = {}
+        # objects added and removed so far, in any table: a walk over a table's
+        # names tells from them whether it changed (shim.turns.keys_of)
+        self.added = 0
+        self.removed = 0
 
     def table(self, table):
         """
@@ -486,8 +491,17 @@ class Model:
         name = self._shared_name(table, name, obj)
         prev = objects.get(name)
         objects[name] = obj
+        if prev is None:
+            self.added += 1
         self._index(table, name, prev, obj)
         return prev
+
+    def names(self, table):
+        """
+        The names of C{table}'s objects, drawn lazily while the model may change (see
+        L{shim.turns.keys_of}).
+        """
+        return keys_of(self._tables[table], lambda: (self.added, self.removed))
 
     def key_of(self, table, name):
         """
@@ -530,6 +544,7 @@ class Model:
         """
         prev = self._tables[table].pop(name, None)
         if prev is not None:
+            self.removed += 1
             self._index(table, name, prev, None)
         return prev
 
@@ -538,6 +553,7 @@ class Model:
         Forget every object (a replaced etcd cluster).
         """
         for objects in self._tables.values():
+            self.removed += len(objects)
             objects.clear()
         self._bindings_by_service.clear()
         self._services_by_rt.clear()

@@ -13,6 +13,7 @@ step looks again at what it is about, not at what the walk began with.
 """
 
 import time
+from itertools import islice
 
 from twisted.internet.defer import Deferred
 
@@ -30,10 +31,8 @@ def walk(reactor, items, step, clock=time.perf_counter):
     Call C{step(item)} for each of C{items}, a slice at a time.
 
     @param reactor: gives the next slice its turn (C{callLater(0, ...)}).
-    @param items: an iterable, taken lazily: pass a copy when what it iterates over
-        may change meanwhile, a tuple of names rather than a list (the garbage
-        collector stops tracking a tuple of strings; a list it walks at each full
-        collection).
+    @param items: an iterable, taken lazily: L{keys_of} a dict that may change
+        meanwhile.
     @param step: called with each item; an exception ends the walk with it.
     @param clock: wall-clock seconds (the work's own time, not the reactor's).
     @return: a Deferred firing with C{None} after the last step.
@@ -60,6 +59,52 @@ def walk(reactor, items, step, clock=time.perf_counter):
 
     run()
     return done
+
+
+#: Keys drawn from a dict at a time by L{keys_of}.
+_CHUNK = 256
+
+
+def keys_of(mapping, moves, chunk=_CHUNK):
+    """
+    Each key of C{mapping}, a dict that may change while they are drawn, lazily: the
+    keys to walk, without a copy of all of them.
+
+    A copy of a million keys is one reactor turn of 20-50 ms, and as long again for
+    the garbage collector's first look at it.  Keys are drawn C{chunk} at a time
+    from the dict itself for as long as no key is added to or removed from it (a
+    value replaced changes nothing).  Once one is, the dict's order no longer
+    says which keys were drawn, and the keys left are taken from one copy made
+    then: of the keys after those drawn when keys were only added (insertion
+    order keeps the drawn ones first), of every key when one was removed (keys
+    drawn already come again).  A key removed after its chunk was drawn comes all
+    the same, and a key added meanwhile may come or not: a walk's step looks again
+    at what it is about, and what was added is newer than what the walk is for.
+
+    @param moves: returns C{(keys added, keys removed)} so far, counts kept by the
+        owner of C{mapping}.
+    """
+    added, removed = moves()
+    keys = iter(mapping)
+    drawn = 0
+    while True:
+        now = moves()
+        if now != (added, removed):
+            if now[1] == removed:
+                yield from tuple(islice(mapping, drawn, None))
+            else:
+                yield from tuple(mapping)
+            return
+        try:
+            batch = list(islice(keys, chunk))
+        except RuntimeError:
+            # Changed in size behind the owner's counts: take every key again.
+            yield from tuple(mapping)
+            return
+        if not batch:
+            return
+        drawn += len(batch)
+        yield from batch
 
 
 class NameSet:

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from shim import turns
 from shim.test.test_workqueue import TurnClock
-from shim.turns import NameSet, walk
+from shim.turns import NameSet, keys_of, walk
 
 
 class SteppedTime:
@@ -123,3 +123,86 @@ class NameSetTests(SynchronousTestCase):
         self.assertEqual(len(parts), 16)
         for part in parts:
             self.assertFalse(gc.is_tracked(part))
+
+
+class KeysOfTests(SynchronousTestCase):
+    """
+    L{keys_of}: the keys of a dict that changes while they are drawn.
+    """
+
+    def setUp(self):
+        self.table = {"k%03d" % (n,): n for n in range(100)}
+        self.moves = [0, 0]
+
+    def keys(self, chunk=10):
+        return keys_of(self.table, lambda: tuple(self.moves), chunk=chunk)
+
+    def add(self, key):
+        self.table[key] = -1
+        self.moves[0] += 1
+
+    def remove(self, key):
+        del self.table[key]
+        self.moves[1] += 1
+
+    def test_unchanged(self):
+        """
+        Every key once, in the dict's order; a value replaced meanwhile changes
+        nothing.
+        """
+        drawn = []
+        for key in self.keys():
+            drawn.append(key)
+            if key == "k050":
+                self.table["k010"] = "replaced"
+                self.table["k090"] = "replaced"
+        self.assertEqual(drawn, list(self.table))
+
+    def test_added(self):
+        """
+        Keys added while the keys are drawn: every key once; the keys left come
+        from a copy made at the first addition, which has the first new key, not
+        the second.
+        """
+        drawn = []
+        for key in self.keys():
+            drawn.append(key)
+            if key == "k015":
+                self.add("new1")
+            if key == "k055":
+                self.add("new2")
+        self.assertEqual(drawn, ["k%03d" % (n,) for n in range(100)] + ["new1"])
+
+    def test_removed(self):
+        """
+        Keys removed while the keys are drawn: every key left comes at least once,
+        a removed one not after its chunk was drawn.
+        """
+        drawn = []
+        for key in self.keys():
+            drawn.append(key)
+            if key == "k025" and "k040" in self.table:
+                self.remove("k040")
+                self.remove("k003")
+        self.assertEqual(set(drawn), set(self.table) | {"k003"})
+        self.assertNotIn("k040", drawn)
+        self.assertEqual(drawn.index("k003"), 3)
+
+    def test_changed_behind_the_counts(self):
+        """
+        A dict changed in size without the owner's counts moving: every key again,
+        not an error.
+        """
+        drawn = []
+        for key in self.keys():
+            drawn.append(key)
+            if key == "k025" and "k050" in self.table:
+                del self.table["k050"]
+        # the chunk of k020-k029 was drawn before the change
+        self.assertEqual(drawn[:30], ["k%03d" % (n,) for n in range(30)])
+        self.assertEqual(drawn[30:], list(self.table))
+        self.assertNotIn("k050", drawn)
+
+    def test_empty(self):
+        self.table.clear()
+        self.assertEqual(list(self.keys()), [])
