@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from shim.backoff import Backoff
 from shim.bindresult import EMPTY, controller_of
 from shim.etcd.errors import EtcdError
-from shim.etcd.wire import CasResult, Compare, Op, txn_request
+from shim.etcd.wire import CasResult, IfValue, Op, cas_compare, txn_request
 
 PUBLISH = "publish"
 PUBLISH_AGAIN = "publish_again"
@@ -381,6 +381,17 @@ class ResultWriter:
         """
         key = self._schema.result_key(uuid)
         known = self.known_of(uuid)
+        if known is None and kind in (PUBLISH, PUBLISH_AGAIN):
+            # Not seen yet: most often proton's empty {}, created just before it
+            # wrote the port.  Written over without reading it first (one round
+            # trip, not two): an empty key is nobody's result.  Anything else there
+            # is read, and compared as usual.
+            done = yield self._cas.put_if(key, value, IfValue(EMPTY),
+                                          guard=self._fence())
+            if done.succeeded:
+                self._remember(uuid, done.revision, value)
+                return True
+            known = self.known_of(uuid)
         if known is None or known[0] < 0:
             found = yield self._client.get(key)
             if found.kvs:
@@ -551,10 +562,7 @@ class Batcher:
         compares = []
         ops = []
         for kind, key, value, mod_revision, _, _ in batch:
-            if mod_revision:
-                compares.append(Compare.mod_revision(key, "==", mod_revision))
-            else:
-                compares.append(Compare.version(key, "==", 0))
+            compares.append(cas_compare(key, mod_revision))
             ops.append(Op.put(key, value) if kind == _PUT else Op.delete(key))
         result = None
         if self._nested:

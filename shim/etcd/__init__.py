@@ -10,15 +10,15 @@ from shim.etcd.errors import (
     AuthFailed, Compacted, ConnectionFailed, EtcdError, MessageTooLarge, NotFound,
     RequestTooLarge, TLSFailed, Timeout, Unavailable)
 from shim.etcd.wire import (
-    CasResult, Compare, DeleteResult, KeyValue, Lease, Op, PutResult, RangeResult, Status,
-    TxnResult, WatchEnded, WatchEvent)
+    CasResult, Compare, DeleteResult, IfValue, KeyValue, Lease, Op, PutResult, RangeResult,
+    Status, TxnResult, WatchEnded, WatchEvent)
 from shim.etcd.watch import Watch, WatchStreamParser
 from shim.etcd.client import EtcdClient
 from shim.etcd.v2 import EtcdV2Client
 
 __all__ = [
     "EtcdClient", "EtcdV2Client", "Watch", "WatchStreamParser",
-    "Compare", "Op",
+    "Compare", "Op", "IfValue",
     "KeyValue", "RangeResult", "PutResult", "DeleteResult", "TxnResult", "CasResult", "Status",
     "Lease", "WatchEvent", "WatchEnded",
     "EtcdError", "ConnectionFailed", "Timeout", "Compacted", "AuthFailed",

@@ -414,7 +414,8 @@ class EtcdClient(Transport):
         Write C{key} only if it is as the caller last saw it -> L{wire.CasResult}.
 
         @param mod_revision: the key's modification revision as last read or
-            written; 0 means "only if the key does not exist".
+            written; 0 means "only if the key does not exist"; a L{wire.IfValue}
+            "only if the key holds this value".
         @param guard: more conditions (built with L{wire.Compare}) that must hold
             too, in the same transaction (for instance on another key).
         @return: a Deferred firing with C{CasResult(succeeded, revision)}; a failed
@@ -435,10 +436,7 @@ class EtcdClient(Transport):
                          wire.Op.delete(key))
 
     def _cas(self, call, key, mod_revision, guard, op):
-        if mod_revision:
-            compare = [wire.Compare.mod_revision(key, "==", mod_revision)]
-        else:
-            compare = [wire.Compare.version(key, "==", 0)]
+        compare = [wire.cas_compare(key, mod_revision)]
         compare.extend(guard)
         return self._call(call, "/kv/txn", wire.txn_request(compare, [op]),
                           lambda message: wire.CasResult(

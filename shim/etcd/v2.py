@@ -417,13 +417,16 @@ class EtcdV2Client(Transport):
     def put_if(self, key, value, mod_revision, guard=()):
         """
         Write C{key} only if its modifiedIndex is still C{mod_revision} (0: only if
-        the key does not exist) -> L{wire.CasResult}; a failed compare (v2
-        errorCode 101, 105, 100) is C{succeeded=False} with etcd's index.
+        the key does not exist; a L{wire.IfValue}: only if it holds that value) ->
+        L{wire.CasResult}; a failed compare (v2 errorCode 101, 105, 100) is
+        C{succeeded=False} with etcd's index.
 
         @param guard: must be empty: v2 cannot make a write depend on another key.
         """
         _no_guard("put_if", key, guard)
-        if mod_revision:
+        if isinstance(mod_revision, wire.IfValue):
+            query = {"prevValue": mod_revision.value.decode("utf-8")}
+        elif mod_revision:
             query = {"prevIndex": str(int(mod_revision))}
         else:
             query = {"prevExist": "false"}

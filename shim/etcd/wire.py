@@ -221,6 +221,43 @@ class Op(object):
         return {"request_range": range_request(key, prefix, revision, limit, keys_only)}
 
 
+class IfValue(object):
+    """
+    What a compare-and-set expects of its key when it is not a revision: that the
+    key holds exactly C{value}.  A bind result written over proton's empty C{{}}
+    needs no read of the key first: an empty key is nobody's result.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value_bytes(value)
+
+    def __eq__(self, other):
+        return isinstance(other, IfValue) and other.value == self.value
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash(self.value)
+
+    def __repr__(self):
+        return "IfValue(%r)" % (self.value,)
+
+
+def cas_compare(key, expected):
+    """
+    The compare of a compare-and-set of C{key}: C{expected} is the key's
+    mod_revision as last seen (0: only if it does not exist), or an L{IfValue}.
+    """
+    if isinstance(expected, IfValue):
+        return Compare.value(key, "==", expected.value)
+    if expected:
+        return Compare.mod_revision(key, "==", expected)
+    return Compare.version(key, "==", 0)
+
+
 def txn_request(compare=(), success=(), failure=()):
     """Body of /kv/txn from lists built with L{Compare} and L{Op}."""
     return {"compare": list(compare), "success": list(success), "failure": list(failure)}

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from shim.etcd import (
     CasResult, DeleteResult, KeyValue, PutResult, RangeResult, Status, TxnResult)
-from shim.etcd.wire import key_bytes, key_str, prefix_end, unb64, value_bytes
+from shim.etcd.wire import IfValue, key_bytes, key_str, prefix_end, unb64, value_bytes
 
 _COMPARISONS = {
     "EQUAL": lambda a, b: a == b,
@@ -213,7 +213,10 @@ class FakeEtcd:
 
     def _cas(self, key, value, mod_revision):
         kv = self.data.get(key)
-        if (kv.mod_revision if kv is not None else 0) != mod_revision:
+        if isinstance(mod_revision, IfValue):
+            if kv is None or kv.value != mod_revision.value:
+                return CasResult(False, self.revision)
+        elif (kv.mod_revision if kv is not None else 0) != mod_revision:
             return CasResult(False, self.revision)
         if value is None:
             return CasResult(True, self._delete(key, False).revision)

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from shim.etcd import (
-    CasResult, Compare, ConnectionFailed, EtcdClient, EtcdError, EtcdV2Client)
+    CasResult, Compare, ConnectionFailed, EtcdClient, EtcdError, EtcdV2Client, IfValue)
 from shim.etcd.wire import unb64
 from shim.results import TXN_BYTES, TXN_OPS, Batcher
 from shim.test.etcdserver import EtcdServerMixin
@@ -424,6 +424,26 @@ class OutcomeTests(BatcherCase):
         self.assertEqual(self.client.singles, [("put_if", key(0))])
         # A failed write reports etcd's revision after the transaction.
         self.assertEqual(outcomes[5].revision, outcomes[4].revision)
+
+    @inlineCallbacks
+    def test_writes_over_empty(self):
+        """
+        Writes expecting an empty key (L{IfValue}) batch like the others; each
+        succeeds where its key holds C{{}} and fails alone where it does not.
+        """
+        yield self.create(10)
+        yield self.client.put(key(5), b"theirs")
+        yield self.client.delete(key(7))
+        del self.client.singles[:], self.client.txns[:]
+        outcomes = yield gatherResults([
+            self.batcher.put_if(key(i), value(i), IfValue(b"{}")) for i in range(10)])
+        self.assertEqual([o.succeeded for o in outcomes],
+                         [i not in (5, 7) for i in range(10)])
+        self.assertEqual((yield self.read(key(5)))[0], b"theirs")
+        self.assertEqual((yield self.read(key(7))), (None, 0))
+        others = [i for i in range(10) if i not in (5, 7)]
+        yield self.assert_written(others, [outcomes[i] for i in others])
+        self.assertEqual(len(self.client.txns), 1)
 
     @inlineCallbacks
     def test_stale_write_without_nesting(self):

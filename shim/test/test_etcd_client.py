@@ -181,6 +181,24 @@ class ClientTests(EtcdServerMixin, TestCase):
         self.assertRaises(ValueError, client.delete_if, "/cas/k", 0)
 
     @inlineCallbacks
+    def test_put_if_value(self):
+        """
+        put_if with L{wire.IfValue}: written only if the key holds exactly that
+        value; absent or holding another, C{succeeded=False}.
+        """
+        client = self.make_client()
+        absent = yield client.put_if("/cas/v", b"ours", wire.IfValue(b"{}"))
+        self.assertFalse(absent.succeeded)
+        yield client.put("/cas/v", b"theirs")
+        other = yield client.put_if("/cas/v", b"ours", wire.IfValue(b"{}"))
+        self.assertFalse(other.succeeded)
+        empty = yield client.put("/cas/v", b"{}")
+        written = yield client.put_if("/cas/v", b"ours", wire.IfValue(b"{}"),
+                                      guard=[Compare.version("/cas/v", "!=", 0)])
+        self.assertEqual(written, wire.CasResult(True, empty.revision + 1))
+        self.assertEqual((yield client.get("/cas/v")).kvs[0].value, b"ours")
+
+    @inlineCallbacks
     def test_lease(self):
         client = self.make_client()
         lease = yield client.lease_grant(30)

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from shim.etcd import (
     AuthFailed, CasResult, Compacted, ConnectionFailed, EtcdError, EtcdV2Client,
-    KeyValue, TLSFailed, WatchEvent)
+    IfValue, KeyValue, TLSFailed, WatchEvent)
 from shim.etcd import v2wire
 from shim.etcd.v2watch import V2Watch
 from shim.test.certs import make_pki
@@ -272,6 +272,23 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         self.assertEqual((yield client.get("/cas/k")).kvs, [])
         self.assertRaises(ValueError, client.put_if, "/cas/k", b"1", 0, guard=["x"])
         self.assertRaises(ValueError, client.delete_if, "/cas/k", 5, guard=["x"])
+
+    @inlineCallbacks
+    def test_put_if_value(self):
+        """
+        put_if with L{IfValue} (v2's prevValue): written only if the key holds
+        exactly that value; absent or holding another, C{succeeded=False}.
+        """
+        client = self.make_v2_client()
+        absent = yield client.put_if("/cas/v", b"ours", IfValue(b"{}"))
+        self.assertFalse(absent.succeeded)
+        yield client.put("/cas/v", b"theirs")
+        other = yield client.put_if("/cas/v", b"ours", IfValue(b"{}"))
+        self.assertFalse(other.succeeded)
+        empty = yield client.put("/cas/v", b"{}")
+        written = yield client.put_if("/cas/v", b"ours", IfValue(b"{}"))
+        self.assertEqual(written, CasResult(True, empty.revision + 1))
+        self.assertEqual((yield client.get("/cas/v")).kvs[0].value, b"ours")
 
     @inlineCallbacks
     def test_snapshot_watch_resume(self):

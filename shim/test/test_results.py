@@ -381,8 +381,25 @@ class WishTests(WriterCase):
 class ConflictTests(WriterCase):
     def test_failed_compare_rereads(self):
         """
-        Proton re-created the key as C{{}} after the snapshot: the compare fails, the
-        key is read again, C{on_conflict} hears the port, and the result is written.
+        Another controller's result landed after the snapshot: the compare fails,
+        C{on_conflict} hears the port, the key is read again, and the result is
+        written over what was read.
+        """
+        old = self.put(EMPTY)
+        self.writer.note("p1", old, EMPTY)
+        self.put(FOREIGN)
+        self.publish()
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertEqual(self.conflicts, ["p1"])
+        self.assertEqual(self.writes("publish", "conflict"), 1)
+        self.assertEqual(self.writes("publish", "ok"), 1)
+        self.assertIn(("get", KEY), self.etcd.calls)
+
+    def test_failed_compare_over_empty(self):
+        """
+        Proton re-created the key as C{{}} after the snapshot: the compare fails,
+        and the result is written over the empty key without reading it (an empty
+        key is nobody's result).
         """
         old = self.put(EMPTY)
         self.writer.note("p1", old, EMPTY)
@@ -390,9 +407,36 @@ class ConflictTests(WriterCase):
         self.publish()
         self.assertEqual(self.value(), OURS.encode())
         self.assertEqual(self.conflicts, ["p1"])
-        self.assertEqual(self.writes("publish", "conflict"), 1)
-        self.assertEqual(self.writes("publish", "ok"), 1)
-        self.assertIn(("get", KEY), self.etcd.calls)
+        self.assertNotIn(("get", KEY), self.etcd.calls)
+
+    def test_unknown_key_empty(self):
+        """
+        A key the writer has not seen that holds proton's C{{}}: one compare-and-set
+        on its value, no read.
+        """
+        self.put(EMPTY)
+        self.etcd.calls[:] = []
+        self.publish()
+        self.assertEqual(self.value(), OURS.encode())
+        self.assertEqual(self.etcd.calls, [("put_if", KEY)])
+        self.assertEqual(self.writer.revision("p1"), self.kv().mod_revision)
+
+    def test_unknown_key_not_empty(self):
+        """
+        A key the writer has not seen that holds something else, or nothing: read,
+        then written by its revision as usual.
+        """
+        for before in (FOREIGN.encode(), None):
+            self.writer.forget("p1")
+            if before is None:
+                self.etcd._delete(KEY, False)
+            else:
+                self.put(before)
+            self.etcd.calls[:] = []
+            self.publish()
+            self.assertEqual(self.value(), OURS.encode())
+            self.assertEqual(self.etcd.calls,
+                             [("put_if", KEY), ("get", KEY), ("put_if", KEY)])
 
     def test_repeated_conflicts_back_off(self):
         """
@@ -404,7 +448,7 @@ class ConflictTests(WriterCase):
 
         def racing_put_if(key, value, mod_revision, guard=()):
             # Someone writes the key between every read and our write.
-            etcd._put(key, EMPTY)
+            etcd._put(key, FOREIGN.encode())
             return real(key, value, mod_revision, guard)
 
         etcd.put_if = racing_put_if
@@ -521,5 +565,6 @@ class FenceTests(WriterCase):
         writer.clear("p1")
         writer.publish("p1", OURS)
         writer.remove("p1")
-        self.assertEqual(guards, [("fence",)] * 4)
+        # The first publish writes over an empty key (none here), then reads.
+        self.assertEqual(guards, [("fence",)] * 5)
         self.assertNotIn(KEY, etcd.data)
