@@ -4,7 +4,9 @@ Writing bind results to C{/controller/net-l3vpn/<port table>/<uuid>}.
 Every write is a compare-and-set against what the shim last read or wrote for that
 key, so that nothing written meanwhile by proton (which creates the key as C{{}} just
 before it writes the port) or by another shim is overwritten unseen.  A failed compare
-is normal: the key is read again and the wish decided again.
+is normal: the key is read again and the wish decided again.  A key not seen yet is
+first written only if it holds exactly C{{}} (L{IfValue}): what proton created is
+nobody's result, and the bind costs one round trip instead of a read and a write.
 
   - A result for a port on our host is written over C{{}}, over our own older result,
     or over a result naming another controller (PROTOCOL.md section 3).
