@@ -64,6 +64,10 @@ def walk(reactor, items, step, clock=time.perf_counter):
 #: Keys drawn from a dict at a time by L{keys_of}.
 _CHUNK = 256
 
+#: Times L{keys_of} starts again past the keys drawn, after keys were added, before
+#: it takes the rest from a copy instead.
+_RESUMES = 8
+
 
 def keys_of(mapping, moves, chunk=_CHUNK):
     """
@@ -72,14 +76,15 @@ def keys_of(mapping, moves, chunk=_CHUNK):
 
     A copy of a million keys is one reactor turn of 20-50 ms, and as long again for
     the garbage collector's first look at it.  Keys are drawn C{chunk} at a time
-    from the dict itself for as long as no key is added to or removed from it (a
-    value replaced changes nothing).  Once one is, the dict's order no longer
-    says which keys were drawn, and the keys left are taken from one copy made
-    then: of the keys after those drawn when keys were only added (insertion
-    order keeps the drawn ones first), of every key when one was removed (keys
-    drawn already come again).  A key removed after its chunk was drawn comes all
-    the same, and a key added meanwhile may come or not: a walk's step looks again
-    at what it is about, and what was added is newer than what the walk is for.
+    from the dict itself.  A value replaced changes nothing.  Keys only added
+    (binds, while the ports told are walked) leave the drawn ones first in the
+    dict's order: a new iterator skips them (a few milliseconds at most), up to
+    L{_RESUMES} times; after that the keys left come from one copy.  Once a key is
+    removed, the order no longer says which keys were drawn, and every key comes
+    from one copy made then (keys drawn already come again).  A key removed after
+    its chunk was drawn comes all the same, and a key added meanwhile may come or
+    not: a walk's step looks again at what it is about, and what was added is newer
+    than what the walk is for.
 
     @param moves: returns C{(keys added, keys removed)} so far, counts kept by the
         owner of C{mapping}.
@@ -87,14 +92,21 @@ def keys_of(mapping, moves, chunk=_CHUNK):
     added, removed = moves()
     keys = iter(mapping)
     drawn = 0
+    resumes = 0
     while True:
         now = moves()
         if now != (added, removed):
-            if now[1] == removed:
-                yield from tuple(islice(mapping, drawn, None))
-            else:
+            if now[1] != removed:
                 yield from tuple(mapping)
-            return
+                return
+            if resumes == _RESUMES:
+                yield from tuple(islice(mapping, drawn, None))
+                return
+            resumes += 1
+            added = now[0]
+            keys = iter(mapping)
+            # Past the keys drawn: at C speed, nothing kept.
+            next(islice(keys, drawn, drawn), None)
         try:
             batch = list(islice(keys, chunk))
         except RuntimeError:

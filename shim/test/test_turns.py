@@ -160,9 +160,8 @@ class KeysOfTests(SynchronousTestCase):
 
     def test_added(self):
         """
-        Keys added while the keys are drawn: every key once; the keys left come
-        from a copy made at the first addition, which has the first new key, not
-        the second.
+        Keys added while the keys are drawn: every key once, in order, the new ones
+        too (drawn past the keys drawn before, without a copy).
         """
         drawn = []
         for key in self.keys():
@@ -171,7 +170,23 @@ class KeysOfTests(SynchronousTestCase):
                 self.add("new1")
             if key == "k055":
                 self.add("new2")
-        self.assertEqual(drawn, ["k%03d" % (n,) for n in range(100)] + ["new1"])
+        self.assertEqual(drawn, ["k%03d" % (n,) for n in range(100)]
+                         + ["new1", "new2"])
+
+    def test_added_often(self):
+        """
+        Keys added before every chunk: after a few times the keys left come from a
+        copy, each once.
+        """
+        drawn = []
+        for n, key in enumerate(self.keys()):
+            drawn.append(key)
+            if n % 10 == 0:
+                self.add("new%d" % (n,))
+        originals = ["k%03d" % (n,) for n in range(100)]
+        self.assertEqual([k for k in drawn if k.startswith("k")], originals)
+        self.assertEqual(len(drawn), len(set(drawn)))
+        self.assertEqual(set(drawn) - set(self.table), set())
 
     def test_removed(self):
         """
