@@ -417,11 +417,22 @@ class EtcdCluster(object):
 
 
 def start_etcd(testcase, **kwargs):
-    """A fresh running L{EtcdServer}, cleaned up when C{testcase} ends."""
-    server = EtcdServer(**kwargs)
-    testcase.addCleanup(server.cleanup)
-    server.start()
-    return server
+    """
+    A fresh running L{EtcdServer}, cleaned up when C{testcase} ends.  Ports chosen
+    free a moment before can be taken meanwhile by another test's etcd (tests run in
+    parallel workers): etcd then exits with "address already in use", and another
+    server on other ports is started, twice at most.
+    """
+    for attempt in range(3):
+        server = EtcdServer(**kwargs)
+        testcase.addCleanup(server.cleanup)
+        try:
+            server.start()
+            return server
+        except RuntimeError:
+            if (attempt == 2 or "client_port" in kwargs or "peer_port" in kwargs
+                    or "address already in use" not in server.log_tail()):
+                raise
 
 
 def start_cluster(testcase, size=3, **kwargs):

@@ -96,3 +96,22 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(cluster.members[leader].status()["header"]["member_id"] in
                          member_ids, True)
         self.assertGreaterEqual(cluster.members[leader].revision(), revision)
+
+
+class PortTakenTests(SynchronousTestCase):
+    def test_port_taken_meanwhile(self):
+        """
+        A port chosen free and then taken by someone else before etcd binds it: the
+        server is started again on other ports.
+        """
+        taken = socket.socket()
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        real = etcdserver.free_port
+        ports = [taken.getsockname()[1]]
+        self.patch(etcdserver, "free_port", lambda: ports.pop() if ports else real())
+        server = etcdserver.start_etcd(self)
+        self.assertNotEqual(server.client_port, taken.getsockname()[1])
+        self.assertIn("version", server.status())
