@@ -450,10 +450,9 @@ class Model:
         self._services_by_rt = {}
         # port uuid -> set of interface names whose port_id names it (1.x)
         self._interfaces_by_port = {}
-        # objects added and removed so far, in any table: a walk over a table's
+        # table -> [objects added, objects removed] so far: a walk over a table's
         # names tells from them whether it changed (shim.turns.keys_of)
-        self.added = 0
-        self.removed = 0
+        self._moves = {table: [0, 0] for table in self._tables}
 
     def table(self, table):
         """
@@ -492,7 +491,7 @@ class Model:
         prev = objects.get(name)
         objects[name] = obj
         if prev is None:
-            self.added += 1
+            self._moves[table][0] += 1
         self._index(table, name, prev, obj)
         return prev
 
@@ -501,7 +500,8 @@ class Model:
         The names of C{table}'s objects, drawn lazily while the model may change (see
         L{shim.turns.keys_of}).
         """
-        return keys_of(self._tables[table], lambda: (self.added, self.removed))
+        moves = self._moves[table]
+        return keys_of(self._tables[table], lambda: tuple(moves))
 
     def key_of(self, table, name):
         """
@@ -544,7 +544,7 @@ class Model:
         """
         prev = self._tables[table].pop(name, None)
         if prev is not None:
-            self.removed += 1
+            self._moves[table][1] += 1
             self._index(table, name, prev, None)
         return prev
 
@@ -552,8 +552,8 @@ class Model:
         """
         Forget every object (a replaced etcd cluster).
         """
-        for objects in self._tables.values():
-            self.removed += len(objects)
+        for table, objects in self._tables.items():
+            self._moves[table][1] += len(objects)
             objects.clear()
         self._bindings_by_service.clear()
         self._services_by_rt.clear()

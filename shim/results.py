@@ -4,9 +4,10 @@ Writing bind results to C{/controller/net-l3vpn/<port table>/<uuid>}.
 Every write is a compare-and-set against what the shim last read or wrote for that
 key, so that nothing written meanwhile by proton (which creates the key as C{{}} just
 before it writes the port) or by another shim is overwritten unseen.  A failed compare
-is normal: the key is read again and the wish decided again.  A key not seen yet is
-first written only if it holds exactly C{{}} (L{IfValue}): what proton created is
-nobody's result, and the bind costs one round trip instead of a read and a write.
+is normal: the key is read again and the wish decided again.  A result for a key not
+seen yet is first written only if the key holds exactly C{{}} (L{IfValue}): what
+proton created is nobody's result, and the bind costs one round trip instead of a
+read and a write.
 
   - A result for a port on our host is written over C{{}}, over our own older result,
     or over a result naming another controller (PROTOCOL.md section 3).
@@ -326,7 +327,7 @@ class ResultWriter:
                     return
                 kind, value, on_written = wish
                 try:
-                    outcome = yield self._attempt(uuid, kind, value)
+                    outcome = yield self._attempt(uuid, wish)
                 except Exception as e:
                     self._count(kind, "error")
                     delay = backoff.next_delay()
@@ -374,13 +375,14 @@ class ResultWriter:
         return True
 
     @inlineCallbacks
-    def _attempt(self, uuid, kind, value):
+    def _attempt(self, uuid, wish):
         """
-        One compare-and-set attempt.
+        One compare-and-set attempt of C{wish}, C{(kind, value, on_written)}.
 
         @return: a Deferred firing with C{True} when written, C{False} when nothing
             needed writing, C{None} when the compare failed (the key changed).
         """
+        kind, value, _ = wish
         key = self._schema.result_key(uuid)
         known = self.known_of(uuid)
         if known is None and kind in (PUBLISH, PUBLISH_AGAIN):
@@ -401,6 +403,10 @@ class ResultWriter:
             else:
                 self._remember(uuid, 0, None)
             known = self.known_of(uuid)
+        if self.pending.get(uuid) is not wish:
+            # Superseded or dropped while the key was read: what was read may be
+            # another shim's result noted meanwhile, and this wish no longer stands.
+            return False
         revision, current, ours = known
         if kind in (PUBLISH, PUBLISH_AGAIN):
             if current == fingerprint(value) and kind == PUBLISH:

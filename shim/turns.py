@@ -64,8 +64,8 @@ def walk(reactor, items, step, clock=time.perf_counter):
 #: Keys drawn from a dict at a time by L{keys_of}.
 _CHUNK = 256
 
-#: Times L{keys_of} starts again past the keys drawn, after keys were added, before
-#: it takes the rest from a copy instead.
+#: Times L{keys_of} starts again past the keys drawn, after keys were added or
+#: removed, before it takes the rest from a copy instead.
 _RESUMES = 8
 
 
@@ -76,15 +76,14 @@ def keys_of(mapping, moves, chunk=_CHUNK):
 
     A copy of a million keys is one reactor turn of 20-50 ms, and as long again for
     the garbage collector's first look at it.  Keys are drawn C{chunk} at a time
-    from the dict itself.  A value replaced changes nothing.  Keys only added
-    (binds, while the ports told are walked) leave the drawn ones first in the
-    dict's order: a new iterator skips them (a few milliseconds at most), up to
-    L{_RESUMES} times; after that the keys left come from one copy.  Once a key is
-    removed, the order no longer says which keys were drawn, and every key comes
-    from one copy made then (keys drawn already come again).  A key removed after
-    its chunk was drawn comes all the same, and a key added meanwhile may come or
-    not: a walk's step looks again at what it is about, and what was added is newer
-    than what the walk is for.
+    from the dict itself.  A value replaced changes nothing.  A key added goes last
+    in the dict's order, and a key removed moves the keys after it back by one: when
+    the counts moved, a new iterator skips the keys drawn less one per key removed
+    (a few milliseconds at most; those few come again), up to L{_RESUMES} times;
+    after that the keys left come from one copy, taken the same way.  A key removed
+    after its chunk was drawn comes all the same, and a key added meanwhile may come
+    or not: a walk's step looks again at what it is about, and what was added is
+    newer than what the walk is for.
 
     @param moves: returns C{(keys added, keys removed)} so far, counts kept by the
         owner of C{mapping}.
@@ -96,14 +95,12 @@ def keys_of(mapping, moves, chunk=_CHUNK):
     while True:
         now = moves()
         if now != (added, removed):
-            if now[1] != removed:
-                yield from tuple(mapping)
-                return
+            drawn = max(0, drawn - (now[1] - removed))
+            added, removed = now
             if resumes == _RESUMES:
                 yield from tuple(islice(mapping, drawn, None))
                 return
             resumes += 1
-            added = now[0]
             keys = iter(mapping)
             # Past the keys drawn: at C speed, nothing kept.
             next(islice(keys, drawn, drawn), None)

@@ -438,6 +438,23 @@ class ConflictTests(WriterCase):
             self.assertEqual(self.etcd.calls,
                              [("put_if", KEY), ("get", KEY), ("put_if", KEY)])
 
+    def test_wish_dropped_while_reading(self):
+        """
+        A publish dropped (a delayed release) while its key is read is not written:
+        what was read may be another shim's result, noted meanwhile.
+        """
+        self.put(FOREIGN)
+        self.etcd.calls[:] = []
+        self.etcd.hold = True
+        self.publish()
+        self.etcd.release()  # the write over {} fails: the key holds a result
+        self.assertEqual(self.etcd.calls, [("put_if", KEY), ("get", KEY)])
+        self.writer.clear("p1", delay=5)
+        self.etcd.release()  # the read answers after the wish was dropped
+        self.assertEqual(self.etcd.calls, [("put_if", KEY), ("get", KEY)])
+        self.assertEqual(self.value(), FOREIGN.encode())
+        self.assertEqual(self.written, [])
+
     def test_repeated_conflicts_back_off(self):
         """
         A compare that keeps failing is retried, and after L{MAX_CONFLICTS} in a row

@@ -191,7 +191,7 @@ class KeysOfTests(SynchronousTestCase):
     def test_removed(self):
         """
         Keys removed while the keys are drawn: every key left comes at least once,
-        a removed one not after its chunk was drawn.
+        a removed one not after its chunk was drawn, and only a few come again.
         """
         drawn = []
         for key in self.keys():
@@ -201,6 +201,8 @@ class KeysOfTests(SynchronousTestCase):
                 self.remove("k003")
         self.assertEqual(set(drawn), set(self.table) | {"k003"})
         self.assertNotIn("k040", drawn)
+        # Drawn again: at most one key per key removed, not every key.
+        self.assertLessEqual(len(drawn) - len(set(drawn)), 2)
         self.assertEqual(drawn.index("k003"), 3)
 
     def test_changed_behind_the_counts(self):
