@@ -28,7 +28,6 @@ an older version and marks the service, whose worker calls C{modify_service} (or
 C{delete_service}).
 """
 
-import functools
 import sys
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -346,15 +345,15 @@ class Controller:
                 writer.note(uuid, 0, None)
 
         yield walk(self.clock, self._told_names(), missing)
-        port_names = functools.partial(self.model.names, self.schema.port)
         if self.precreate_results:
             def precreate(uuid):
                 if uuid not in seen and uuid in ports:
                     writer.precreate(uuid)
 
-            yield walk(self.clock, port_names(), precreate)
+            yield walk(self.clock, self.model.names(self.schema.port), precreate)
         seen.clear()
-        self.queue.sweep_all(self._sweep(port_names(), self._told_names()))
+        self.queue.sweep_all(self._sweep(self.model.names(self.schema.port),
+                                         self._told_names()))
 
     def _sweep(self, port_names, told_names):
         """
