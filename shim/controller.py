@@ -38,7 +38,7 @@ from shim.bindresult import MalformedAnswer
 from shim.model import Changes, Port
 from shim.portstate import BOUND, UNBOUND
 from shim.schema import VIF_ATTRIBUTES, VOLATILE
-from shim.turns import NameSet, keys_of, walk
+from shim.turns import Moves, NameSet, keys_of, walk
 
 #: Seconds after a port migrated to another controller's host before this shim
 #: clears its old bind result: proton waits about 8 seconds for the new one.
@@ -160,7 +160,7 @@ class Controller:
         self.release_delay = RELEASE_DELAY
         self.told = {}
         # ports told added and removed so far (see _told_names)
-        self._told_moves = [0, 0]
+        self._told_moves = Moves()
         # service id -> the uuids of ports whose Told lists it
         self._service_users = {}
         # port uuid -> when its bind request was first seen, for the latency metric
@@ -472,15 +472,15 @@ class Controller:
         if told is None:
             if old is not None:
                 del self.told[uuid]
-                self._told_moves[1] += 1
+                self._told_moves.removed += 1
             return
         if old is None:
-            self._told_moves[0] += 1
+            self._told_moves.added += 1
         self.told[uuid] = told
 
     def _told_names(self):
         """The uuids of the ports told, drawn lazily (see L{shim.turns.keys_of})."""
-        return keys_of(self.told, lambda: tuple(self._told_moves))
+        return keys_of(self.told, self._told_moves)
 
     def _use(self, uuid, told, versions):
         self._unuse(uuid, told)

@@ -17,7 +17,7 @@ from collections.abc import KeysView, MutableMapping
 
 from shim.portstate import UNBOUND
 from shim.schema import SEED
-from shim.turns import keys_of
+from shim.turns import Moves, keys_of
 
 #: The largest value the shim accepts for one object; a port row is about 1 KiB.
 MAX_VALUE_SIZE = 256 * 1024
@@ -450,9 +450,9 @@ class Model:
         self._services_by_rt = {}
         # port uuid -> set of interface names whose port_id names it (1.x)
         self._interfaces_by_port = {}
-        # table -> [objects added, objects removed] so far: a walk over a table's
+        # table -> its objects added and removed so far: a walk over a table's
         # names tells from them whether it changed (shim.turns.keys_of)
-        self._moves = {table: [0, 0] for table in self._tables}
+        self._moves = {table: Moves() for table in self._tables}
 
     def table(self, table):
         """
@@ -491,7 +491,7 @@ class Model:
         prev = objects.get(name)
         objects[name] = obj
         if prev is None:
-            self._moves[table][0] += 1
+            self._moves[table].added += 1
         self._index(table, name, prev, obj)
         return prev
 
@@ -500,8 +500,7 @@ class Model:
         The names of C{table}'s objects, drawn lazily while the model may change (see
         L{shim.turns.keys_of}).
         """
-        moves = self._moves[table]
-        return keys_of(self._tables[table], lambda: tuple(moves))
+        return keys_of(self._tables[table], self._moves[table])
 
     def key_of(self, table, name):
         """
@@ -544,7 +543,7 @@ class Model:
         """
         prev = self._tables[table].pop(name, None)
         if prev is not None:
-            self._moves[table][1] += 1
+            self._moves[table].removed += 1
             self._index(table, name, prev, None)
         return prev
 
@@ -553,7 +552,7 @@ class Model:
         Forget every object (a replaced etcd cluster).
         """
         for table, objects in self._tables.items():
-            self._moves[table][1] += len(objects)
+            self._moves[table].removed += len(objects)
             objects.clear()
         self._bindings_by_service.clear()
         self._services_by_rt.clear()

@@ -69,6 +69,23 @@ _CHUNK = 256
 _RESUMES = 8
 
 
+class Moves:
+    """
+    The counts of keys added to and removed from one dict, kept by the dict's owner
+    where it adds and removes them: what lets L{keys_of} walk the dict while it
+    changes.  Calling it gives C{(added, removed)}.
+    """
+
+    __slots__ = ("added", "removed")
+
+    def __init__(self):
+        self.added = 0
+        self.removed = 0
+
+    def __call__(self):
+        return (self.added, self.removed)
+
+
 def keys_of(mapping, moves, chunk=_CHUNK):
     """
     Each key of C{mapping}, a dict that may change while they are drawn, lazily: the
@@ -85,8 +102,8 @@ def keys_of(mapping, moves, chunk=_CHUNK):
     or not: a walk's step looks again at what it is about, and what was added is
     newer than what the walk is for.
 
-    @param moves: returns C{(keys added, keys removed)} so far, counts kept by the
-        owner of C{mapping}.
+    @param moves: returns C{(keys added, keys removed)} so far: the L{Moves} the
+        owner of C{mapping} keeps.
     """
     added, removed = moves()
     keys = iter(mapping)

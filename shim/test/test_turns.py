@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from shim import turns
 from shim.test.test_workqueue import TurnClock
-from shim.turns import NameSet, keys_of, walk
+from shim.turns import Moves, NameSet, keys_of, walk
 
 
 class SteppedTime:
@@ -132,18 +132,18 @@ class KeysOfTests(SynchronousTestCase):
 
     def setUp(self):
         self.table = {"k%03d" % (n,): n for n in range(100)}
-        self.moves = [0, 0]
+        self.moves = Moves()
 
     def keys(self, chunk=10):
-        return keys_of(self.table, lambda: tuple(self.moves), chunk=chunk)
+        return keys_of(self.table, self.moves, chunk=chunk)
 
     def add(self, key):
         self.table[key] = -1
-        self.moves[0] += 1
+        self.moves.added += 1
 
     def remove(self, key):
         del self.table[key]
-        self.moves[1] += 1
+        self.moves.removed += 1
 
     def test_unchanged(self):
         """
