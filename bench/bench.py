@@ -498,13 +498,15 @@ def child_serve(reactor, params):
 def child_responder(reactor, params):
     """
     The bind baseline: a bare responder in a process of its own, which answers
-    each bind request on our hosts with its result as soon as its watch sees the
-    port (no model, no backend, no compare): the two etcd round trips a bind needs,
-    and proton's own sequence.  It runs until standard input closes.
+    each bind request on our hosts (or on C{params["hosts"]}) with its result as
+    soon as its watch sees the port (no model, no backend, no compare): the two
+    etcd round trips a bind needs, and proton's own sequence.  It runs until
+    standard input closes.
     """
     client = EtcdClient(endpoints=[params["endpoint"]], timeout=30.0)
     prefix = keys.proton_key(keys.PORT, "")
-    ours = set(OUR_HOSTS)
+    ours = set(params.get("hosts", OUR_HOSTS))
+    controller = params.get("controller", CONTROLLER)
 
     def on_event(event):
         if event.type != "PUT":
@@ -514,7 +516,7 @@ def child_responder(reactor, params):
         if host in ours and device:
             uuid = event.key[len(prefix):]
             client.put(keys.result_key(uuid), BindResult(
-                "ovs", VIF_DETAILS, CONTROLLER, host, device).encode())
+                "ovs", VIF_DETAILS, controller, host, device).encode())
 
     closed = stdin_closed()
     watch = client.watch(prefix, None, on_event, prev_kv=False,

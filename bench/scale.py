@@ -4,7 +4,8 @@ binds with everything loaded (before and after C{gc.freeze()}), and binds during
 periodic resync, each next to a baseline measured in the same run.  See
 bench/README.md ("Scale").
 
-    python bench/scale.py [--objects 1000000] [--binds 1000] [--etcd PATH]
+    python bench/scale.py [--objects 1000000] [--binds 1000] [--resyncs 2]
+                          [--election] [--etcd PATH]
 
 The data set is proton's, as in bench.py: per VPN instance two route targets and
 (on average) 49.5 ports each with its VPNPort, so that 1,000,000 objects are 10,000
@@ -14,6 +15,14 @@ result in C{/controller/} naming its controller and placement, as a shim writes 
 a starting shim restores them without calling the backend.  Values are generated
 and loaded as a stream (transactions of 128 puts, 16 in flight) so that this
 process never holds them all; the history is compacted after loading.
+
+Every baseline of a bind figure is taken in the same minutes as what it is
+compared with, in turn with it, since this machine's noise (etcd's writes, other
+tenants) moves over minutes: a bare responder answers proton's binds on the hosts
+this shim does not serve for the whole run; each of the shim's sequential binds is
+followed by one etcd put->watch and one bind answered by the responder; and each
+periodic resync (C{--resyncs}, default 2) follows a bare read paced as it reads,
+with binds beside both.
 
 The measured shim runs in a child process (this file, C{child <json>}), driven
 through its standard input: C{settle} (wait until nothing is left to do, then
@@ -56,6 +65,9 @@ from shim.schema import SEED  # noqa: E402
 from shim.proton import ProtonClient, encode_object, port_defaults  # noqa: E402
 
 TXN_OPS = 128
+
+#: The hosts this shim does not serve: the bare responder answers binds on them.
+OTHER_HOSTS = [host for host in HOSTS if host not in OUR_HOSTS]
 LOAD_CONCURRENCY = 16
 
 
@@ -69,7 +81,7 @@ class Population:
     @ivar unbound: the ids of the first unbound ports (kept for binding).
     """
 
-    def __init__(self, objects, seed=1, bound=0.9, keep_unbound=20000):
+    def __init__(self, objects, seed=1, bound=0.9, keep_unbound=40000):
         self.objects = objects
         self.vpns = max(1, objects // 100)
         self.ports = (objects - 3 * self.vpns) // 2
@@ -373,6 +385,39 @@ def spawn(reactor, **params):
 
 # -- the parent -------------------------------------------------------------------------
 
+class FloorWatch:
+    """
+    etcd's own put->watch floor, a sample at a time: a put under C{/bench/rtt/},
+    timed until the watch open on that prefix sees it.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.waiting = {}
+        self.n = 0
+        self.watch = client.watch("/bench/rtt/", None, self._seen, prefix=True,
+                                  prev_kv=False, progress_notify=False)
+        self.started = self.watch.started
+
+    def _seen(self, event):
+        seen = self.waiting.pop(event.key, None)
+        if seen is not None:
+            seen.callback(time.perf_counter())
+
+    @inlineCallbacks
+    def one(self):
+        self.n += 1
+        key = "/bench/rtt/floor-%d" % (self.n,)
+        self.waiting[key] = seen = defer.Deferred()
+        started = time.perf_counter()
+        yield self.client.put(key, b'{"n": %d}' % (self.n,))
+        at = yield seen
+        return at - started
+
+    def stop(self):
+        return self.watch.stop()
+
+
 @inlineCallbacks
 def run(reactor, options):
     from shim.test.etcdserver import EtcdServer, etcd_version, find_etcd_binary
@@ -409,10 +454,9 @@ def run(reactor, options):
                          bench._count(data.proton_objects), bench._count(data.results),
                          loaded, TXN_OPS, LOAD_CONCURRENCY))
 
-        # etcd's own floor, on the loaded etcd
-        seq, _, _ = yield bench.Bench.put_watch_baseline(
+        # etcd's own floor, on the loaded etcd, before anything else runs
+        first_floor, _, _ = yield bench.Bench.put_watch_baseline(
             None, client, options.binds, 0)
-
 
         reads = []
         for _ in range(options.runs):
@@ -425,32 +469,24 @@ def run(reactor, options):
         n = [0]
 
         @inlineCallbacks
-        def bind_one(timeout=8.0):
+        def bind_one(hosts=OUR_HOSTS, timeout=8.0):
             port_id = next(unbound)
             n[0] += 1
-            outcome = yield proton.bind(port_id, OUR_HOSTS[n[0] % len(OUR_HOSTS)],
+            outcome = yield proton.bind(port_id, hosts[n[0] % len(hosts)],
                                         str(uuidlib.uuid4()), timeout=timeout)
             if outcome.timed_out:
                 raise RuntimeError("the bind of %s timed out" % (port_id,))
             return outcome.elapsed
 
-        # the bind baseline: proton's binds answered by a bare responder
-        responder = bench.spawn(reactor, kind="responder", endpoint=server.client_url)
+        # The bare responder answers proton's binds on the hosts this shim does not
+        # serve, from here to the end: its binds and the shim's alternate, so that
+        # each baseline is measured in the same minutes as what it is compared
+        # with (this machine's noise moves over minutes).
+        responder = bench.spawn(reactor, kind="responder", endpoint=server.client_url,
+                                hosts=OTHER_HOSTS, controller=OTHER_CONTROLLER)
         yield responder.next()
-        bare = []
-        for _ in range(options.binds):
-            bare.append((yield bind_one()))
-        # ... and while a bare client reads everything as a periodic resync does
-        reader = spawn(reactor, kind="read", endpoint=server.client_url, paced=True)
-        paced = []
-        read_ended = reader.next()
-        read_ended.addCallback(paced.append)
-        bare_during = []
-        while not paced:
-            bare_during.append((yield bind_one()))
-            yield task.deferLater(reactor, 0.02, lambda: None)
-        yield reader.ended
-        yield responder.close()
+        floor_watch = FloorWatch(client)
+        yield floor_watch.started
 
         child = spawn(reactor, kind="shim", endpoint=server.client_url,
                       election=options.election)
@@ -466,6 +502,7 @@ def run(reactor, options):
 
         child.send("settle")
         settled = yield child.next()
+        elections_so_far = settled["elections"]
         per = (settled["rss_after"] - settled["rss_before"]) * 1024.0 / \
             data.proton_objects
         row("RSS growth per object (settled, after gc)", per,
@@ -481,77 +518,114 @@ def run(reactor, options):
                 bench._count(settled["told"]), bench._count(settled["gc_tracked"]),
                 settled["gc_full"] * 1000))
 
-        floor = percentile(seq, .999)
         for frozen in (False, True):
             if frozen:
                 child.send("freeze")
                 yield child.next()
             child.send("gcstats")
             yield child.next()
-            binds = []
+            binds, floor, bare = [], [], []
             for _ in range(options.binds):
+                # one each, in turn: the shim's bind, etcd's put->watch, and
+                # proton's bind answered by the bare responder
                 binds.append((yield bind_one()))
+                floor.append((yield floor_watch.one()))
+                bare.append((yield bind_one(OTHER_HOSTS)))
             child.send("gcstats")
             stats = yield child.next()
             label = "after gc.freeze()" if frozen else "no freeze"
             p999 = percentile(binds, .999)
             row("%d sequential binds, %s: p50" % (options.binds, label),
-                percentile(binds, .5), percentile(seq, .5), "", None, "ms")
+                percentile(binds, .5), percentile(floor, .5), "", None, "ms")
             row("%d sequential binds, %s: p99.9" % (options.binds, label),
-                p999, floor, "<= baseline + 10 ms", p999 <= floor + 0.010, "ms")
+                p999, percentile(floor, .999), "<= baseline + 10 ms",
+                p999 <= percentile(floor, .999) + 0.010, "ms")
             row("%d sequential binds, %s: max" % (options.binds, label),
-                max(binds), max(seq), "", None, "ms")
-            if not frozen:
-                row("  the same, against proton's binds answered by a bare "
-                    "responder: p50", percentile(binds, .5), percentile(bare, .5), "",
-                    None, "ms")
-                row("  the same: p99.9", p999, percentile(bare, .999),
-                    "<= baseline + 10 ms", p999 <= percentile(bare, .999) + 0.010,
-                    "ms")
-                row("  the same: max", max(binds), max(bare), "", None, "ms")
+                max(binds), max(floor), "", None, "ms")
+            row("  the same, against proton's binds answered by a bare "
+                "responder: p50", percentile(binds, .5), percentile(bare, .5), "",
+                None, "ms")
+            row("  the same: p99.9", p999, percentile(bare, .999),
+                "<= baseline + 10 ms", p999 <= percentile(bare, .999) + 0.010,
+                "ms")
+            row("  the same: max", max(binds), max(bare), "", None, "ms")
             notes.append("Binds, %s: %d full collections during the binds, longest "
                          "%.0f ms; the shim's reactor ran %d turns over 5 ms, the "
                          "longest %.0f ms." % (
                              label, stats["count"], stats["max"] * 1000,
                              stats["turns_over_5ms"], stats["longest_turn"] * 1000))
+        notes.append(
+            "The baselines of the sequential binds, taken in turn with them (a shim's "
+            "bind, an etcd put->watch, a bind answered by the bare responder, and "
+            "again): etcd's own put seen by an open watch, and proton's binds on the "
+            "hosts this shim does not serve answered by a bare responder (no model, "
+            "no backend). etcd's put->watch right after loading, before anything "
+            "else ran: p50 %.1f ms, p99.9 %.1f ms, max %.1f ms." % (
+                percentile(first_floor, .5) * 1000,
+                percentile(first_floor, .999) * 1000, max(first_floor) * 1000))
 
-        # binds beside a periodic resync
-        child.send("resync")
-        during = []
-        resync = []
-        answer = child.next()
-        answer.addCallback(resync.append)
-        while not resync:
-            # A bind every 20 ms: binds keep coming, and the ports last the resync.
-            during.append((yield bind_one()))
-            yield task.deferLater(reactor, 0.02, lambda: None)
-        p999, bare_p999 = percentile(during, .999), percentile(bare_during, .999)
-        row("binds during a periodic resync (%d): p99.9" % (len(during),), p999,
-            bare_p999, "<= baseline + 10 ms", p999 <= bare_p999 + 0.010, "ms")
-        row("binds during a periodic resync: max", max(during), max(bare_during), "",
-            None, "ms")
-        row("  the same, against etcd's put->watch floor: p99.9", p999, floor, "",
-            None, "ms")
-        notes.append("The baseline of the binds during a resync: proton's binds, one "
-                     "every 20 ms, answered by the bare responder while a bare client "
-                     "read %s keys as a periodic resync reads them (the shim's client, "
-                     "pages of 500, %.0f ms apart) in %.1f s: %d binds, p50 %.1f ms." % (
-                         bench._count(paced[0]["count"]), BACKGROUND_PAUSE * 1000,
-                         paced[0]["elapsed"], len(bare_during),
-                         percentile(bare_during, .5) * 1000))
-        notes.append("Periodic resync of %s objects beside the watch: %.1f s; %d "
-                     "binds answered meanwhile; the shim's reactor ran %d turns over "
-                     "5 ms, the longest %.0f ms." % (
-                         bench._count(settled["objects"]), resync[0]["resync"],
-                         len(during), resync[0]["turns_over_5ms"],
-                         resync[0]["longest_turn"] * 1000))
+        # Binds beside a periodic resync, against the bare responder's binds beside a
+        # bare read paced as the resync reads, in turn.
+        during, bare_during, rounds = [], [], []
+        resync = {"elections": elections_so_far}
+        for _ in range(options.resyncs):
+            reader = spawn(reactor, kind="read", endpoint=server.client_url, paced=True)
+            paced = []
+            reader.next().addCallback(paced.append)
+            bare_round = []
+            while not paced:
+                bare_round.append((yield bind_one(OTHER_HOSTS)))
+                yield task.deferLater(reactor, 0.02, lambda: None)
+            yield reader.ended
+
+            child.send("resync")
+            answered = []
+            child.next().addCallback(answered.append)
+            shim_round = []
+            while not answered:
+                # A bind every 20 ms: binds keep coming, and the ports last the resync.
+                shim_round.append((yield bind_one()))
+                yield task.deferLater(reactor, 0.02, lambda: None)
+            resync = answered[0]
+            bare_during.extend(bare_round)
+            during.extend(shim_round)
+            rounds.append((paced[0], bare_round, resync, shim_round))
+        if rounds:
+            p999, bare_p999 = percentile(during, .999), percentile(bare_during, .999)
+            row("binds during a periodic resync (%d, %d resyncs): p99.9" % (
+                len(during), len(rounds)), p999, bare_p999, "<= baseline + 10 ms",
+                p999 <= bare_p999 + 0.010, "ms")
+            row("binds during a periodic resync: max", max(during), max(bare_during),
+                "", None, "ms")
+            notes.append(
+                "The baseline of the binds during a resync: proton's binds, one every "
+                "20 ms, answered by the bare responder while a bare client reads %s "
+                "keys as a periodic resync reads them (the shim's client, pages of "
+                "500, %.0f ms apart); a bare read before each resync, the samples of "
+                "all rounds pooled." % (
+                    bench._count(rounds[0][0]["count"]), BACKGROUND_PAUSE * 1000))
+        for k, (paced, bare_round, done, shim_round) in enumerate(rounds):
+            notes.append(
+                "Resync round %d: the bare read took %.1f s, %d binds beside it (p50 "
+                "%.1f, p99.9 %.1f, max %.1f ms); the shim's resync of %s objects took "
+                "%.1f s, %d binds beside it (p50 %.1f, p99.9 %.1f, max %.1f ms); the "
+                "shim's reactor ran %d turns over 5 ms, the longest %.0f ms." % (
+                    k + 1, paced["elapsed"], len(bare_round),
+                    percentile(bare_round, .5) * 1000,
+                    percentile(bare_round, .999) * 1000, max(bare_round) * 1000,
+                    bench._count(settled["objects"]), done["resync"], len(shim_round),
+                    percentile(shim_round, .5) * 1000,
+                    percentile(shim_round, .999) * 1000, max(shim_round) * 1000,
+                    done["turns_over_5ms"], done["longest_turn"] * 1000))
         if options.election:
-            lost = resync[0]["elections"]["lost"]
-            row("election: leadership lost from start to the end of the resync",
+            lost = resync["elections"]["lost"]
+            row("election: leadership lost from start to the end",
                 lost, None, "0", lost == 0, "")
             notes.append("Election on (ttl %d s): won %d, lost %d times from start-up "
-                         "to the end of the resync." % (
-                             ShimConfig.election_ttl, resync[0]["elections"]["won"], lost))
+                         "to the end." % (
+                             ShimConfig.election_ttl, resync["elections"]["won"], lost))
+        yield floor_watch.stop()
+        yield responder.close()
         yield child.close()
         yield client.close()
     finally:
@@ -601,6 +675,9 @@ def main(argv=None):
     parser.add_argument("--objects", type=int, default=1000000)
     parser.add_argument("--binds", type=int, default=1000,
                         help="sequential binds per phase (default 1000)")
+    parser.add_argument("--resyncs", type=int, default=2,
+                        help="periodic resyncs, each after a bare read paced as it "
+                        "(default 2)")
     parser.add_argument("--runs", type=int, default=1,
                         help="runs of the bare read; the best counts (default 1)")
     parser.add_argument("--etcd", help="etcd binary (default: $ETCD_BIN, PATH, "
