@@ -321,7 +321,7 @@ class Controller:
             self._restore(ours)
 
     @inlineCallbacks
-    def snapshot_applied(self, first):
+    def snapshot_applied(self, first, revision=None):
         """
         A snapshot has been applied to the model: every port on our hosts, and every
         port the backend holds as bound, is reconciled (refused and failed binds
@@ -330,6 +330,8 @@ class Controller:
         turn.
 
         @param first: whether it was the first since start-up (or a takeover).
+        @param revision: the revision the snapshot read the results at: a result
+            written after it is newer than the snapshot, not missing from it.
         @return: a Deferred firing when the sweep is queued.
         """
         seen, self._results_seen = self._results_seen, NameSet()
@@ -341,6 +343,9 @@ class Controller:
 
         def missing(uuid):
             if uuid in told and uuid not in seen and uuid not in writer.pending:
+                if revision is not None and writer.revision(uuid) > revision:
+                    # Written after the read (a bind during a resync): not missing.
+                    return
                 # Our result went missing: the reconcile writes it again.
                 writer.note(uuid, 0, None)
 

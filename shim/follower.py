@@ -8,8 +8,8 @@ checked and decoded at once: bad input is logged with its key and revision, coun
 and skipped.  Every change applied to the model is handed to the sink
 (C{sink.changed(table, name, prev, obj)}).  A snapshot's bind results are handed
 on page by page (C{sink.snapshot_results(kvs, restore)}), and after each snapshot
-the sink hears C{sink.snapshot_applied(first)}, which may return a Deferred: the
-follower waits for it.  Walks over the whole model run a slice per reactor turn
+the sink hears C{sink.snapshot_applied(first, revision)} (the revision the results
+were read at), which may return a Deferred: the follower waits for it.  Walks over the whole model run a slice per reactor turn
 (L{shim.turns}), so that a snapshot of a million objects never holds binds up.
 
 When the watch ends it is resumed from the last revision seen, with backoff while
@@ -373,7 +373,8 @@ class Follower:
         handed to the sink page by page, after every table: what they restore is
         about ports the model has.
 
-        @return: C{(revision to watch after, status, objects read)}.
+        @return: C{(revision to watch after, status, objects read, revision the
+            results were read at)}.
         """
         status = yield self.client.status()
         revision = status.revision
@@ -386,11 +387,14 @@ class Follower:
             )
             objects += read.count
             oldest = read.revision if oldest is None else min(oldest, read.revision)
-        yield self.client.get_all(
+        results = yield self.client.get_all(
             self.schema.result_prefix, revision=revision, pause=pause,
             on_page=lambda page: self.sink.snapshot_results(page, restore),
         )
-        return (oldest if oldest is not None else revision), status, objects
+        return (
+            (oldest if oldest is not None else revision), status, objects,
+            results.revision,
+        )
 
     @inlineCallbacks
     def _snapshot(self, restore, tombstones, pause=0):
@@ -400,7 +404,7 @@ class Follower:
 
         @param tombstones: beside the live watch, the deletions the watch applies
             meanwhile (C{(table, name)} to revision); C{None} for a full resync.
-        @return: C{(revision to watch after, status, objects read)}.
+        @return: what L{_read} returns.
         """
         present = {table: NameSet() for table in self.schema.tables}
         read = yield self._read(
@@ -433,7 +437,8 @@ class Follower:
         first, self._first_snapshot = self._first_snapshot, False
         restore, self._restore = self._restore, False
         try:
-            revision, status, objects = yield self._snapshot(first or restore, None)
+            revision, status, objects, results_at = yield self._snapshot(
+                first or restore, None)
         except BaseException:
             # Read again from the start: the next snapshot restores what this one
             # would have.
@@ -443,7 +448,7 @@ class Follower:
         # The snapshot holds all of its revision: watch from the next one.
         self._watch_from = revision + 1
         self.synchronised = True
-        yield self.sink.snapshot_applied(first or restore)
+        yield self.sink.snapshot_applied(first or restore, results_at)
         self.last_resync = (self.reactor.seconds(), cause)
         self.log.info(
             "synchronised ({cause}): {objects} objects at revision {revision} in "
@@ -466,13 +471,13 @@ class Follower:
             self.sink.snapshot_started(full=False)
             restore, self._restore = self._restore, False
             try:
-                revision, status, objects = yield self._snapshot(
+                revision, status, objects, results_at = yield self._snapshot(
                     restore, self._tombstones, pause=BACKGROUND_PAUSE)
             except BaseException:
                 self._restore = self._restore or restore
                 raise
             if self.running:
-                yield self.sink.snapshot_applied(restore)
+                yield self.sink.snapshot_applied(restore, results_at)
                 self.last_resync = (self.reactor.seconds(), cause)
                 self.log.info(
                     "resynchronised beside the watch ({cause}): {objects} objects at "

@@ -222,12 +222,27 @@ class ResultWriter:
     def note(self, uuid, mod_revision, value, ours=None):
         """
         Remember what etcd holds for port C{uuid}'s result key, as read by a snapshot
-        (C{value} C{None}: absent).
+        (C{value} C{None}: absent), unless what the writer knows is newer than the
+        value read: a resync beside the watch reads at a revision from before the
+        results written while it read, and taken as the key's state, the older
+        value would cost each of them a read and a write again.  An absent key
+        has no revision: the caller compares the revision it read at.
 
         @param ours: whether C{value} names this controller, when the caller knows
             (it read it already): a snapshot's results are not decoded twice.
         """
+        if value is not None:
+            known = self.known.get(uuid)
+            if known is not None and unpack(known)[0] > mod_revision:
+                return
         self._remember(uuid, mod_revision, value, ours)
+
+    def cluster_changed(self):
+        """
+        etcd's cluster was replaced: the revisions known are another cluster's, and
+        tell nothing of the new one's.
+        """
+        self.known.clear()
 
     def _remember(self, uuid, mod_revision, value, ours=None):
         if ours is None:

@@ -143,12 +143,12 @@ class ShimService(Service):
         self.controller.snapshot_results(kvs, restore)
 
     @inlineCallbacks
-    def snapshot_applied(self, first):
+    def snapshot_applied(self, first, revision=None):
         if (first and self._own_client and not self._looked_elsewhere
                 and not any(self.model.counts().values())):
             self._looked_elsewhere = True
             self._looking = self._look_at_other_api()
-        yield self.controller.snapshot_applied(first)
+        yield self.controller.snapshot_applied(first, revision)
         if first and not self._frozen and sum(self.model.counts().values()) >= FREEZE_AT:
             # The model read at start-up lives as long as the process: moved out of
             # the collector's generations, a full collection no longer walks millions
@@ -163,6 +163,7 @@ class ShimService(Service):
 
     def cluster_changed(self):
         self.queue.discard()
+        self.writer.cluster_changed()
 
     @inlineCallbacks
     def _look_at_other_api(self):

@@ -882,3 +882,75 @@ class AskedAgainTests(ReconcileCase):
         latest = yield self.client.get(keys.result_key("p1"))
         self.assertEqual(latest.kvs[0].mod_revision, after.kvs[0].mod_revision)
         self.assertEqual(backend.calls, [("bind_port", "p1")])
+
+
+class HeldResultsClient(EtcdClient):
+    """
+    A client whose read of the bind results waits while C{gate} is a Deferred, until
+    it fires: a resync beside the watch held between its read of the tables and
+    its read of the results.
+
+    @ivar held: how many reads of the results waited.
+    """
+
+    gate = None
+    held = 0
+
+    @inlineCallbacks
+    def get_all(self, prefix, *args, **kwargs):
+        gate = self.gate
+        if gate is not None and prefix == keys.result_key(""):
+            self.held += 1
+            waiting = Deferred()
+            gate.addCallback(lambda v: (waiting.callback(None), v)[1])
+            yield waiting
+        result = yield EtcdClient.get_all(self, prefix, *args, **kwargs)
+        return result
+
+
+class BindDuringResyncTests(ReconcileCase):
+    @inlineCallbacks
+    def test_result_written_during_a_resync_not_written_again(self):
+        """
+        A port bound while a periodic resync reads: the resync reads the results at
+        a revision from before the bind, so the result is not in what it read.  It
+        is newer than the read, not missing: after the resync the shim neither
+        reads the key nor writes the result again.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = load_config(write_config(directory, [self.etcd.client_url],
+                                          controller="SimServer", hosts="compute1"))
+        client = HeldResultsClient([self.etcd.client_url])
+        backend = RecordingBackend()
+        shim = ShimService(config, backend, client=client)
+        shim.startService()
+        self.addCleanup(lambda: shim.running and shim.stopService())
+        yield shim.when_ready()
+        yield self.make_vpn()
+        yield self.make_port("p1")
+
+        client.gate = gate = Deferred()
+        shim.request_resync("periodic")
+        yield wait_for(lambda: client.held, what="the resync's read of the results")
+        client.gate = None
+        outcome = yield self.proton.bind("p1", "compute1", "vm1")
+        self.assertEqual(outcome.result["controller"], "SimServer")
+        yield self.settled(shim)
+        reads = []
+        read = client.get
+
+        def counting_get(key, *args, **kwargs):
+            reads.append(key)
+            return read(key, *args, **kwargs)
+        client.get = counting_get
+        gate.callback(None)
+        yield wait_for(lambda: shim.last_resync and shim.last_resync[1] == "periodic",
+                       what="the periodic resync")
+        yield self.settled(shim)
+        history = yield self.history(keys.result_key("p1"))
+        self.assertEqual([v for _, v in history][-1]["controller"], "SimServer")
+        self.assertEqual(
+            len([v for _, v in history if v and v.get("controller")]), 1, history)
+        self.assertNotIn(keys.result_key("p1"), reads)
+        self.assertEqual(backend.calls, [("bind_port", "p1")])

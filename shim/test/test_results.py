@@ -184,6 +184,39 @@ class PublishTests(WriterCase):
         self.assertEqual(self.value(), OURS.encode())
         self.assertNotIn(("get", KEY), self.etcd.calls)
 
+    def test_snapshot_older_than_known(self):
+        """
+        A value a snapshot read before the writer's own write does not replace
+        what the writer knows: the result written is still held, without a read.
+        """
+        old = self.put(EMPTY)
+        self.publish()
+        self.clock.advance(0)
+        written = self.kv().mod_revision
+        self.assertGreater(written, old)
+        self.writer.note("p1", old, EMPTY)
+        self.assertEqual(self.writer.revision("p1"), written)
+        self.assertTrue(self.writer.holds("p1", OURS.encode()))
+        # A newer value read is taken.
+        self.put(FOREIGN)
+        self.writer.note("p1", self.kv().mod_revision, FOREIGN.encode())
+        self.assertFalse(self.writer.names_us("p1"))
+        # An absent key: the caller compared the revision it read at.
+        self.writer.note("p1", 0, None)
+        self.assertEqual(self.writer.known_of("p1"), (0, None, False))
+
+    def test_cluster_changed(self):
+        """
+        A replaced cluster's revisions tell nothing of the old one's: all that is
+        known is forgotten.
+        """
+        self.put(EMPTY)
+        self.publish()
+        self.clock.advance(0)
+        self.assertIsNotNone(self.writer.known_of("p1"))
+        self.writer.cluster_changed()
+        self.assertIsNone(self.writer.known_of("p1"))
+
     def test_holds_and_names_us(self):
         self.assertFalse(self.writer.names_us("p1"))
         self.assertFalse(self.writer.holds("p1", OURS.encode()))
