@@ -50,7 +50,8 @@ for path in (REPO, HERE):
 
 import bench  # noqa: E402
 from bench import (  # noqa: E402
-    CONTROLLER, HOSTS, OTHER_CONTROLLER, OUR_HOSTS, VIF_DETAILS, ProtonEtcdClient,
+    CONTROLLER, HOSTS, OTHER_CONTROLLER, OTHER_HOSTS, OUR_HOSTS, VIF_DETAILS,
+    ProtonEtcdClient,
     cpu_model, emit, percentile, quiet_logging, rss_kib)
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.defer import DeferredQueue, inlineCallbacks  # noqa: E402
@@ -65,9 +66,6 @@ from shim.schema import SEED  # noqa: E402
 from shim.proton import ProtonClient, encode_object, port_defaults  # noqa: E402
 
 TXN_OPS = 128
-
-#: The hosts this shim does not serve: the bare responder answers binds on them.
-OTHER_HOSTS = [host for host in HOSTS if host not in OUR_HOSTS]
 LOAD_CONCURRENCY = 16
 
 
