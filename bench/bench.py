@@ -371,13 +371,20 @@ def write_profile(profiler, params):
 
 @inlineCallbacks
 def child_getall(reactor, params):
-    """Baseline 1: a bare get_all of /proton/ with the shim's client."""
+    """
+    Baseline 1: a bare get_all, with the shim's client, of the prefixes a starting
+    shim reads: /proton/ and the bind results under /controller/.
+    """
     client = EtcdClient(endpoints=[params["endpoint"]], timeout=30.0)
     started = time.perf_counter()
-    found = yield client.get_all(keys.PROTON_PREFIX, page_size=5000)
+    count = 0
+    for prefix in (keys.PROTON_PREFIX, keys.RESULT_PREFIX):
+        found = yield client.get_all(prefix, page_size=5000)
+        count += len(found.kvs)
+        del found
     elapsed = time.perf_counter() - started
     yield client.close()
-    emit({"elapsed": elapsed, "count": len(found.kvs)})
+    emit({"elapsed": elapsed, "count": count})
 
 
 @inlineCallbacks
