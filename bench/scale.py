@@ -251,18 +251,27 @@ def child_read(reactor, params):
     """
     The baseline: a bare paged read of /proton/ and /controller/.  With C{paced},
     the read a periodic resync makes of them instead (each table's prefix and the
-    results', the shim's client and page size, pages
+    results', the shim's client and page size, split from the first page as a
+    resync that knows how many keys there are, pages
     C{shim.follower.BACKGROUND_PAUSE} apart), each page dropped once read: the load
     a resync puts on etcd, without a shim.
     """
     client = EtcdClient(endpoints=[params["endpoint"]], timeout=120.0)
+    prefixes = [SEED.proton_key(table, "") for table in SEED.tables] + [
+        SEED.result_prefix]
+    expect = {}
+    if params.get("paced"):
+        # A resync knows how many objects each table had at the last read.
+        for prefix in prefixes:
+            expect[prefix] = (yield client.get(prefix, prefix=True, limit=1,
+                                               keys_only=True)).count
     started = time.perf_counter()
     count = 0
     if params.get("paced"):
-        for prefix in [SEED.proton_key(table, "") for table in SEED.tables] + [
-                SEED.result_prefix]:
+        for prefix in prefixes:
             found = yield client.get_all(prefix, pause=BACKGROUND_PAUSE,
-                                         on_page=lambda page: None)
+                                         on_page=lambda page: None,
+                                         expect=expect[prefix])
             count += found.count
     else:
         for prefix in (keys.PROTON_PREFIX, "/controller/"):

@@ -384,12 +384,15 @@ class Follower:
             read = yield self.client.get_all(
                 self.schema.proton_key(table, ""), revision=revision, pause=pause,
                 on_page=lambda page, table=table: on_table_page(table, page),
+                expect=len(self.model.table(table)),
             )
             objects += read.count
             oldest = read.revision if oldest is None else min(oldest, read.revision)
         results = yield self.client.get_all(
             self.schema.result_prefix, revision=revision, pause=pause,
             on_page=lambda page: self.sink.snapshot_results(page, restore),
+            # about one result per port
+            expect=len(self.model.table(self.schema.port)),
         )
         return (
             (oldest if oldest is not None else revision), status, objects,

@@ -71,8 +71,38 @@ DIGEST = 100
 #: A prefix of more keys than this is read in slices (L{EtcdClient.get_all}).
 SLICE_AT = 10000
 
-#: Where a large prefix is split: before each of these characters after it.
-SLICES = [c.encode("ascii") for c in "123456789abcdef"]
+#: About how many keys a slice holds at most: etcd counts every key left in a
+#: range for each page it serves, so a page costs it at most this many keys' count.
+SLICE_KEYS = 2000
+
+#: Slices are split on up to this many characters after the prefix (16 ** 3).
+_MAX_DEPTH = 3
+
+_HEX = "0123456789abcdef"
+
+
+def _splits(depth):
+    """Every string of C{depth} hex digits but the first, in order."""
+    splits = [""]
+    for _ in range(depth):
+        splits = [s + c for s in splits for c in _HEX]
+    return [s.encode("ascii") for s in splits[1:]]
+
+
+_SPLITS = {depth: _splits(depth) for depth in range(1, _MAX_DEPTH + 1)}
+
+
+def slice_bounds(raw, after, total):
+    """
+    Where to split a prefix C{raw} of about C{total} keys, past key C{after}: before
+    each string of one to three hex digits after the prefix (the characters uuids
+    start with), as many as make slices of about L{SLICE_KEYS} keys.  Any key falls
+    in one of the ranges between the bounds, whatever it starts with.
+    """
+    depth = 1
+    while depth < _MAX_DEPTH and total > SLICE_KEYS * 16 ** depth:
+        depth += 1
+    return [raw + split for split in _SPLITS[depth] if raw + split > after]
 
 
 class EtcdClient(Transport):
@@ -290,7 +320,8 @@ class EtcdClient(Transport):
                           wire.decode_range)
 
     @inlineCallbacks
-    def get_all(self, prefix, revision=None, page_size=None, on_page=None, pause=0):
+    def get_all(self, prefix, revision=None, page_size=None, on_page=None, pause=0,
+                expect=None):
         """
         Read a whole prefix in pages of C{page_size}, every page at the revision
         of the first (or C{revision}), so the result is one consistent snapshot.
@@ -300,9 +331,11 @@ class EtcdClient(Transport):
         digested in a short reactor turn.  etcd counts every key left in a range
         for each page it serves, holding its index meanwhile (writes wait): at half
         a million keys, about 50 ms a page.  So a prefix of more than L{SLICE_AT}
-        keys is read as consecutive key ranges split on the character after the
-        prefix (L{SLICES}: the hex digits of uuids; any key falls in one of them),
-        each range counted on its own.
+        keys is read as consecutive key ranges split on the characters after the
+        prefix (L{slice_bounds}), each range counted on its own.  Its first page,
+        over the whole prefix, says how many keys there are, unless the caller
+        says it already (C{expect}): a first page of half a million keys holds
+        etcd's writes for 50-200 ms.
 
         The request for the next page goes out before the current one is decoded,
         so that etcd prepares it while this process decodes: at 100,000 keys
@@ -317,6 +350,8 @@ class EtcdClient(Transport):
         @param pause: when not 0, a read in the background: each page is asked
             for C{pause} seconds after the last one was digested, not before, so
             that etcd and this process leave room for other work.
+        @param expect: about how many keys the prefix holds, when known (the
+            last read of it): the read is split from its first page.
         """
         raw = wire.key_bytes(prefix)
         end = wire.prefix_end(raw)
@@ -336,12 +371,17 @@ class EtcdClient(Transport):
                                    range_end=stop))
 
         stop = end
+        split = page_size is None and expect is not None and expect > SLICE_AT
+        if split:
+            bounds = slice_bounds(raw, raw, expect) + [end]
+            ranges = list(zip(bounds[:-1], bounds[1:]))
+            stop = bounds[0]
         message = yield fetch(raw, stop)
-        if page_size is None:
+        if page_size is None and not split:
             total = int(message.get("count") or 0)
             if total > SLICE_AT and message.get("kvs"):
                 after = wire.unb64(message["kvs"][-1]["key"]) + b"\0"
-                bounds = [raw + c for c in SLICES if raw + c > after] + [end]
+                bounds = slice_bounds(raw, after, total) + [end]
                 ranges = list(zip(bounds[:-1], bounds[1:]))
                 # The first page's range goes on to the first bound only.
                 stop = bounds[0]

@@ -315,14 +315,15 @@ class EtcdV2Client(Transport):
         returnValue(wire.RangeResult([kv], index, False, 1))
 
     @inlineCallbacks
-    def get_all(self, prefix, revision=None, page_size=5000, on_page=None, pause=0):
+    def get_all(self, prefix, revision=None, page_size=5000, on_page=None, pause=0,
+                expect=None):
         """
         Every key under the directory C{prefix}, in one recursive GET: fires with a
         L{wire.RangeResult} whose C{revision} is the answer's C{X-Etcd-Index}; a
         missing directory gives no kvs.
 
         v2 has neither paging nor reads at an index: C{revision} (and C{pause},
-        which spaces a v3 read's pages) is ignored (the answer is the store as it
+        which spaces a v3 read's pages, and C{expect}, which splits it) is ignored (the answer is the store as it
         is), and the one answer is parsed while it arrives, one leaf at a time,
         never held whole.  Only leaves are returned
         (directories are not keys).

@@ -72,7 +72,8 @@ class FakeEtcd:
         return self._call("status", "", lambda: Status(
             "3.5.0-fake", self.cluster_id, "1", "1", self.revision))
 
-    def get_all(self, prefix, revision=None, page_size=5000, on_page=None, pause=0):
+    def get_all(self, prefix, revision=None, page_size=5000, on_page=None, pause=0,
+                expect=None):
         """
         The whole prefix at the current revision (the fake keeps no history: a
         C{revision} other than the current one is refused).  With C{on_page}, the

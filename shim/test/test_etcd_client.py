@@ -340,6 +340,69 @@ class ClientTests(EtcdServerMixin, TestCase):
         self.assertEqual(len(calls), 1)
 
     @inlineCallbacks
+    def test_get_all_expected_in_finer_slices(self):
+        """
+        Told about how many keys there are (C{expect}), the read is split from its
+        first page, which is not counted over the whole prefix; more keys make
+        finer slices (two characters after the prefix).  Every key is read once,
+        in key order, at one revision.
+        """
+        from shim.etcd import client as client_module
+        self.patch(client_module, "SLICE_AT", 20)
+        self.patch(client_module, "SLICE_KEYS", 2)
+        self.patch(client_module, "PAGE_SIZE", 7)
+        client = self.make_client()
+        names = ["%032x" % (i * 0x9e3779b97f4a7c15 % (1 << 128)) for i in range(60)]
+        names += ["0", "00", "01", "f", "ff", "fg", "z", "-dash", "\u00e9"]
+        for n in names:
+            yield client.put("/fs/" + n, n.encode("utf-8"))
+        yield client.put("/fs0", b"outside")
+        calls = []
+        real = client._call
+
+        def counting(call, path, body, decode=None):
+            calls.append(body)
+            return real(call, path, body, decode)
+
+        self.patch(client, "_call", counting)
+        pages = []
+        result = yield client.get_all("/fs/", on_page=pages.append, expect=len(names))
+        keys = [kv.key for p in pages for kv in p]
+        self.assertEqual(keys, sorted("/fs/" + n for n in names))
+        self.assertEqual(result.count, len(names))
+        self.assertEqual(b64decode(calls[0]["range_end"]), b"/fs/01")
+        self.assertTrue(all(int(c["revision"]) == result.revision for c in calls[1:]))
+        ends = {b64decode(c["range_end"]) for c in calls}
+        self.assertIn(b"/fs/ff", ends)
+        self.assertIn(b"/fs0", ends)
+        self.assertGreaterEqual(len(calls), 256)
+        # Without C{expect}: the first page says how many, then the same slices.
+        calls[:] = []
+        unexpected = yield client.get_all("/fs/")
+        self.assertEqual([kv.key for kv in unexpected.kvs], keys)
+        self.assertEqual(b64decode(calls[0]["range_end"]), b"/fs0")
+        # A small C{expect} reads as without it.
+        calls[:] = []
+        yield client.get_all("/fs/", expect=3)
+        self.assertEqual(b64decode(calls[0]["range_end"]), b"/fs0")
+
+    def test_slice_bounds(self):
+        """
+        One, two or three hex digits after the prefix, as many as make slices of
+        about SLICE_KEYS keys; only the bounds past the key given.
+        """
+        from shim.etcd.client import SLICE_KEYS, slice_bounds
+        one = slice_bounds(b"/p/", b"/p/", 10 * SLICE_KEYS)
+        self.assertEqual(one, [b"/p/" + c.encode() for c in "123456789abcdef"])
+        two = slice_bounds(b"/p/", b"/p/", 100 * SLICE_KEYS)
+        self.assertEqual(len(two), 255)
+        self.assertEqual(two[:2], [b"/p/01", b"/p/02"])
+        self.assertEqual(two, sorted(two))
+        self.assertEqual(len(slice_bounds(b"/p/", b"/p/", 10 ** 9)), 4095)
+        self.assertEqual(slice_bounds(b"/p/", b"/p/fe\0", 100 * SLICE_KEYS),
+                         [b"/p/ff"])
+
+    @inlineCallbacks
     def test_get_all_on_page(self):
         """
         With on_page, each page is handed over in key order as it arrives; the result
