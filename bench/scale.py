@@ -265,6 +265,9 @@ def child_read(reactor, params):
         for prefix in prefixes:
             expect[prefix] = (yield client.get(prefix, prefix=True, limit=1,
                                                keys_only=True)).count
+        # Counted (each count holds etcd's writes as long as a first page over the
+        # whole prefix would): binds beside the read start now.
+        emit({"counted": True})
     started = time.perf_counter()
     count = 0
     if params.get("paced"):
@@ -577,6 +580,7 @@ def run(reactor, options):
         resync = {"elections": elections_so_far}
         for _ in range(options.resyncs):
             reader = spawn(reactor, kind="read", endpoint=server.client_url, paced=True)
+            yield reader.next()
             paced = []
             reader.next().addCallback(paced.append)
             bare_round = []
