@@ -240,14 +240,30 @@ class EtcdServer(object):
                 status = self.status(timeout=0.5)
                 if "version" in status and (not need_leader or
                                             status.get("leader", "0") != "0"):
-                    return status
-                problem = status
+                    if self._answers_for_us():
+                        return status
+                    # Another test's etcd on a port chosen free a moment before:
+                    # ours exits with "address already in use" (seen above).
+                    problem = "another etcd answers at %s" % (self.client_url,)
+                else:
+                    problem = status
             except (OSError, ValueError) as e:
                 problem = e
             time.sleep(0.05)
         raise RuntimeError("etcd %s at %s not ready after %.0f s (%s); log %s:\n%s" % (
             self.name, self.client_url, self.ready_timeout, problem, self.log_file,
             self.log_tail()))
+
+    def _answers_for_us(self):
+        """
+        Whether the etcd answering at our client URL is a member with our peer URL
+        (when it lists its members at all).
+        """
+        try:
+            members = self.call("cluster/member/list", {}, 0.5).get("members", [])
+        except (OSError, ValueError):
+            return True
+        return any(self.peer_url in member.get("peerURLs", ()) for member in members)
 
     def log_tail(self, lines=20):
         try:

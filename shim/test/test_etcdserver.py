@@ -115,3 +115,21 @@ class PortTakenTests(SynchronousTestCase):
         server = etcdserver.start_etcd(self)
         self.assertNotEqual(server.client_port, taken.getsockname()[1])
         self.assertIn("version", server.status())
+
+    def test_port_taken_by_another_etcd(self):
+        """
+        The client port chosen is taken by another test's etcd before ours binds
+        it: the other etcd's answers are not taken for ours (its members have other
+        peer URLs), and ours is started again on other ports.
+        """
+        other = etcdserver.start_etcd(self)
+        real = etcdserver.free_port
+        ports = [other.client_port]
+        self.patch(etcdserver, "free_port", lambda: ports.pop() if ports else real())
+        server = etcdserver.start_etcd(self)
+        self.assertNotEqual(server.client_port, other.client_port)
+        self.assertTrue(server.running)
+        self.assertTrue(server._answers_for_us())
+        probe = EtcdServer(client_port=other.client_port)
+        self.addCleanup(probe.cleanup)
+        self.assertFalse(probe._answers_for_us())
