@@ -292,6 +292,26 @@ class ClientTests(EtcdServerMixin, TestCase):
         self.assertEqual(len(everything.kvs), 6)
 
     @inlineCallbacks
+    def sliced_prefix(self, client, prefix, names):
+        """
+        Write each of C{names} under C{prefix}, and a key just past the prefix; the
+        client's requests from then on are recorded (their bodies) in the list
+        returned.
+        """
+        for n in names:
+            yield client.put(prefix + n, n.encode("utf-8"))
+        yield client.put(prefix[:-1] + "0", b"outside")
+        calls = []
+        real = client._call
+
+        def counting(call, path, body, decode=None):
+            calls.append(body)
+            return real(call, path, body, decode)
+
+        self.patch(client, "_call", counting)
+        return calls
+
+    @inlineCallbacks
     def test_get_all_in_slices(self):
         """
         A prefix of more than SLICE_AT keys is read in slices split on the character
@@ -306,18 +326,8 @@ class ClientTests(EtcdServerMixin, TestCase):
         names = ["%032x" % (i * 0x9e3779b97f4a7c15 % (1 << 128)) for i in range(60)]
         names += ["1", "a", "f", "0", "A-upper", "z-last", "~tilde", "-dash", "é"]
         names = [n for n in names if not n.startswith("3")]
-        for n in names:
-            yield client.put("/sl/" + n, n.encode("utf-8"))
-        yield client.put("/sl0", b"outside")
         yield client.put("/sk/x", b"outside")
-        calls = []
-        real = client._call
-
-        def counting(call, path, body, decode=None):
-            calls.append(body)
-            return real(call, path, body, decode)
-
-        self.patch(client, "_call", counting)
+        calls = yield self.sliced_prefix(client, "/sl/", names)
         pages = []
         result = yield client.get_all("/sl/", on_page=pages.append)
         keys = [kv.key for p in pages for kv in p]
@@ -354,17 +364,7 @@ class ClientTests(EtcdServerMixin, TestCase):
         client = self.make_client()
         names = ["%032x" % (i * 0x9e3779b97f4a7c15 % (1 << 128)) for i in range(60)]
         names += ["0", "00", "01", "f", "ff", "fg", "z", "-dash", "\u00e9"]
-        for n in names:
-            yield client.put("/fs/" + n, n.encode("utf-8"))
-        yield client.put("/fs0", b"outside")
-        calls = []
-        real = client._call
-
-        def counting(call, path, body, decode=None):
-            calls.append(body)
-            return real(call, path, body, decode)
-
-        self.patch(client, "_call", counting)
+        calls = yield self.sliced_prefix(client, "/fs/", names)
         pages = []
         result = yield client.get_all("/fs/", on_page=pages.append, expect=len(names))
         keys = [kv.key for p in pages for kv in p]
