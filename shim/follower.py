@@ -9,8 +9,9 @@ and skipped.  Every change applied to the model is handed to the sink
 (C{sink.changed(table, name, prev, obj)}).  A snapshot's bind results are handed
 on page by page (C{sink.snapshot_results(kvs, restore)}), and after each snapshot
 the sink hears C{sink.snapshot_applied(first, revision)} (the revision the results
-were read at), which may return a Deferred: the follower waits for it.  Walks over the whole model run a slice per reactor turn
-(L{shim.turns}), so that a snapshot of a million objects never holds binds up.
+were read at), which may return a Deferred: the follower waits for it.  Walks over
+the whole model run a slice per reactor turn (L{shim.turns}), so that a snapshot
+of a million objects never holds binds up.
 
 When the watch ends it is resumed from the last revision seen, with backoff while
 etcd cannot be reached.  It reads everything again (a full resynchronisation, not

@@ -370,21 +370,22 @@ class EtcdClient(Transport):
                 wire.range_request(start, revision=pinned, limit=size,
                                    range_end=stop))
 
+        def sliced(after, total):
+            # The ranges past C{after}, and where the range being read stops.
+            bounds = slice_bounds(raw, after, total) + [end]
+            return list(zip(bounds[:-1], bounds[1:])), bounds[0]
+
         stop = end
         split = page_size is None and expect is not None and expect > SLICE_AT
         if split:
-            bounds = slice_bounds(raw, raw, expect) + [end]
-            ranges = list(zip(bounds[:-1], bounds[1:]))
-            stop = bounds[0]
+            ranges, stop = sliced(raw, expect)
         message = yield fetch(raw, stop)
         if page_size is None and not split:
             total = int(message.get("count") or 0)
             if total > SLICE_AT and message.get("kvs"):
-                after = wire.unb64(message["kvs"][-1]["key"]) + b"\0"
-                bounds = slice_bounds(raw, after, total) + [end]
-                ranges = list(zip(bounds[:-1], bounds[1:]))
                 # The first page's range goes on to the first bound only.
-                stop = bounds[0]
+                ranges, stop = sliced(
+                    wire.unb64(message["kvs"][-1]["key"]) + b"\0", total)
         while True:
             if not pinned:
                 pinned = wire.header_revision(message)

@@ -323,10 +323,10 @@ class EtcdV2Client(Transport):
         missing directory gives no kvs.
 
         v2 has neither paging nor reads at an index: C{revision} (and C{pause},
-        which spaces a v3 read's pages, and C{expect}, which splits it) is ignored (the answer is the store as it
-        is), and the one answer is parsed while it arrives, one leaf at a time,
-        never held whole.  Only leaves are returned
-        (directories are not keys).
+        which spaces a v3 read's pages, and C{expect}, which splits it) is
+        ignored (the answer is the store as it is), and the one answer is parsed
+        while it arrives, one leaf at a time, never held whole.  Only leaves are
+        returned (directories are not keys).
 
         @param on_page: if given, called with lists of at most C{page_size}
             L{wire.KeyValue}s as they are decoded; the result's C{kvs} is then

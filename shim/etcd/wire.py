@@ -236,9 +236,6 @@ class IfValue(object):
     def __eq__(self, other):
         return isinstance(other, IfValue) and other.value == self.value
 
-    def __ne__(self, other):
-        return not self == other
-
     def __hash__(self):
         return hash(self.value)
 
