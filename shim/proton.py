@@ -523,7 +523,7 @@ class ProtonClient:
     # -- binding -----------------------------------------------------------------
 
     @inlineCallbacks
-    def bind(self, port_id, host, device, timeout=8.0):
+    def bind(self, port_id, host, device, timeout=8.0, before_write=None):
         """
         Ask for a port to be bound on C{host}, as proton does, and wait for the answer.
 
@@ -546,6 +546,10 @@ class ProtonClient:
         change of the key can lie between that index and our read, so the watch
         starts after the read instead (docs/real-proton.md says what proton does).
 
+        @param before_write: called with no argument once the watch is open, just
+            before the port is written; the write waits for the Deferred it may
+            return.  A benchmark lines up many binds with it and then writes all
+            their ports at once.
         @return: a Deferred firing with a L{BindOutcome}.
         @raise ProtonError: (in the Deferred) for an unknown port, a result that is
             not a JSON object, or a watch that ended before an answer came (etcd
@@ -605,6 +609,8 @@ class ProtonClient:
 
         try:
             watch.done.addCallback(ended)
+            if before_write is not None:
+                yield before_write()
 
             port.update(host_id=host, device_id=device)
             if self.gluon_1:

@@ -7,7 +7,8 @@ import os
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -203,6 +204,40 @@ class BindTests(EtcdTestCase):
         # The key was created ({} at its first version) before the port write.
         self.assertEqual(found.kvs[0].version, 2)
         self.assertLess(found.kvs[0].create_revision, seen[0])
+
+    @inlineCallbacks
+    def test_before_write_holds_the_port_write(self):
+        """
+        before_write is called once the controller key exists and its watch is
+        open, and the port is written only when the Deferred it returned fires: a
+        benchmark lines up many binds so and writes their ports at once.  The
+        answer still comes, and the clock runs from the port write.
+        """
+        yield self.proton.create_port("p1")
+        yield self.responder([[RESULT]])
+        gate = Deferred()
+        calls = []
+
+        def before_write():
+            calls.append(True)
+            return gate
+        asked = reactor.seconds()
+        binding = self.proton.bind("p1", "compute1", "vm1", timeout=30.0,
+                                   before_write=before_write)
+        while not calls:
+            yield deferLater(reactor, 0.01, lambda: None)
+        found = yield self.client.get(keys.result_key("p1"))
+        self.assertEqual(json.loads(found.kvs[0].value), {})
+        yield deferLater(reactor, 0.2, lambda: None)
+        port = yield self.stored(keys.PORT, "p1")
+        self.assertEqual((port["host_id"], port["device_id"]), ("", ""))
+        self.assertFalse(binding.called)
+        gate.callback(None)
+        outcome = yield binding
+        self.assertEqual(outcome.result, RESULT)
+        # the 0.2 s held before the write are not counted
+        self.assertLessEqual(outcome.elapsed, reactor.seconds() - asked - 0.2)
+        self.assertEqual(calls, [True])
 
     @inlineCallbacks
     def test_first_change_is_the_answer(self):
