@@ -51,7 +51,7 @@ for path in (REPO, HERE):
 import bench  # noqa: E402
 from bench import (  # noqa: E402
     CONTROLLER, HOSTS, OTHER_CONTROLLER, OTHER_HOSTS, OUR_HOSTS, VIF_DETAILS,
-    ProtonEtcdClient,
+    CollectorPaused, ProtonEtcdClient,
     cpu_model, emit, percentile, quiet_logging, rss_kib)
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.defer import DeferredQueue, inlineCallbacks  # noqa: E402
@@ -535,12 +535,13 @@ def run(reactor, options):
             child.send("gcstats")
             yield child.next()
             binds, floor, bare = [], [], []
-            for _ in range(options.binds):
-                # one each, in turn: the shim's bind, etcd's put->watch, and
-                # proton's bind answered by the bare responder
-                binds.append((yield bind_one()))
-                floor.append((yield floor_watch.one()))
-                bare.append((yield bind_one(OTHER_HOSTS)))
+            with CollectorPaused():
+                for _ in range(options.binds):
+                    # one each, in turn: the shim's bind, etcd's put->watch, and
+                    # proton's bind answered by the bare responder
+                    binds.append((yield bind_one()))
+                    floor.append((yield floor_watch.one()))
+                    bare.append((yield bind_one(OTHER_HOSTS)))
             child.send("gcstats")
             stats = yield child.next()
             label = "after gc.freeze()" if frozen else "no freeze"
@@ -584,19 +585,22 @@ def run(reactor, options):
             paced = []
             reader.next().addCallback(paced.append)
             bare_round = []
-            while not paced:
-                bare_round.append((yield bind_one(OTHER_HOSTS)))
-                yield task.deferLater(reactor, 0.02, lambda: None)
+            with CollectorPaused():
+                while not paced:
+                    bare_round.append((yield bind_one(OTHER_HOSTS)))
+                    yield task.deferLater(reactor, 0.02, lambda: None)
             yield reader.ended
 
             child.send("resync")
             answered = []
             child.next().addCallback(answered.append)
             shim_round = []
-            while not answered:
-                # A bind every 20 ms: binds keep coming, and the ports last the resync.
-                shim_round.append((yield bind_one()))
-                yield task.deferLater(reactor, 0.02, lambda: None)
+            with CollectorPaused():
+                while not answered:
+                    # A bind every 20 ms: binds keep coming, and the ports last the
+                    # resync.
+                    shim_round.append((yield bind_one()))
+                    yield task.deferLater(reactor, 0.02, lambda: None)
             resync = answered[0]
             bare_during.extend(bare_round)
             during.extend(shim_round)
