@@ -246,6 +246,47 @@ class LagWatch:
         return {"turns_over_5ms": len(late), "longest_turn": max(late) if late else 0.0}
 
 
+class BindTrace:
+    """
+    Where each bind's time goes inside the shim, on the wall clock the parent shares:
+    when the shim's watch delivered the port's bind request, and when the shim sent
+    its result write and etcd answered it.  The parent knows when proton wrote the
+    port and when it saw the answer; between them the four split a bind into etcd's
+    port write, the shim's own part and etcd's result write.
+    """
+
+    def __init__(self, service):
+        self.seen = {}
+        self.port_prefix = SEED.proton_key(SEED.port, "")
+        self.result_prefix = SEED.result_prefix
+        follower = service.follower
+        self._on_event = follower._on_watch_event
+        follower._on_watch_event = self.on_watch_event
+        client = service.writer._cas._client
+        self._put_if = client.put_if
+        client.put_if = self.put_if
+
+    def on_watch_event(self, event):
+        if event.type == "PUT" and event.key.startswith(self.port_prefix):
+            self.seen[event.key[len(self.port_prefix):]] = [time.time()]
+        return self._on_event(event)
+
+    def put_if(self, key, value, mod_revision, guard=()):
+        times = self.seen.get(key[len(self.result_prefix):]) or [None]
+        times.append(time.time())
+
+        def answered(outcome):
+            times.append(time.time())
+            return outcome
+        return self._put_if(key, value, mod_revision, guard=guard).addBoth(answered)
+
+    def take(self):
+        """Port uuid to (event, write sent, write answered), and forget them."""
+        seen, self.seen = self.seen, {}
+        return {uuid: times[-3:] for uuid, times in seen.items()
+                if len(times) >= 3 and times[0] is not None}
+
+
 @inlineCallbacks
 def child_read(reactor, params):
     """
@@ -298,6 +339,7 @@ def child_shim(reactor, params):
     started_wall = time.time()
     started = time.perf_counter()
     service = make_service(params["endpoint"], params.get("election", False))
+    trace = BindTrace(service)
     service.startService()
     yield service.when_ready()
     emit({"ready": time.perf_counter() - started, "started": started_wall})
@@ -321,6 +363,8 @@ def child_shim(reactor, params):
             gc.collect()
             gc.freeze()
             emit({"frozen": gc.get_freeze_count()})
+        elif command == "trace":
+            emit({"trace": trace.take()})
         elif command == "gcstats":
             stats = watch.take()
             stats.update(lag.take())
@@ -478,14 +522,27 @@ def run(reactor, options):
         unbound = iter(data.unbound)
         n = [0]
 
+        # When proton wrote each port (wall clock, shared with the shim's BindTrace).
+        port_prefix = SEED.proton_key(SEED.port, "")
+        port_written = {}
+        put = client.put
+
+        def noting_put(key, value, *args, **kwargs):
+            if key.startswith(port_prefix):
+                port_written[key[len(port_prefix):]] = time.time()
+            return put(key, value, *args, **kwargs)
+        client.put = noting_put
+
         @inlineCallbacks
-        def bind_one(hosts=OUR_HOSTS, timeout=8.0):
+        def bind_one(hosts=OUR_HOSTS, timeout=8.0, record=None):
             port_id = next(unbound)
             n[0] += 1
             outcome = yield proton.bind(port_id, hosts[n[0] % len(hosts)],
                                         str(uuidlib.uuid4()), timeout=timeout)
             if outcome.timed_out:
                 raise RuntimeError("the bind of %s timed out" % (port_id,))
+            if record is not None:
+                record.append((port_id, outcome.elapsed))
             return outcome.elapsed
 
         # The bare responder answers proton's binds on the hosts this shim does not
@@ -534,17 +591,22 @@ def run(reactor, options):
                 yield child.next()
             child.send("gcstats")
             yield child.next()
-            binds, floor, bare = [], [], []
+            child.send("trace")
+            yield child.next()
+            binds, floor, bare, ours = [], [], [], []
             with CollectorPaused():
                 for _ in range(options.binds):
                     # one each, in turn: the shim's bind, etcd's put->watch, and
                     # proton's bind answered by the bare responder
-                    binds.append((yield bind_one()))
+                    binds.append((yield bind_one(record=ours)))
                     floor.append((yield floor_watch.one()))
                     bare.append((yield bind_one(OTHER_HOSTS)))
+            child.send("trace")
+            traced = (yield child.next())["trace"]
             child.send("gcstats")
             stats = yield child.next()
             label = "after gc.freeze()" if frozen else "no freeze"
+            split = split_binds(ours, port_written, traced)
             p999 = percentile(binds, .999)
             row("%d sequential binds, %s: p50" % (options.binds, label),
                 percentile(binds, .5), percentile(floor, .5), "", None, "ms")
@@ -560,6 +622,20 @@ def run(reactor, options):
                 "<= baseline + 10 ms", p999 <= percentile(bare, .999) + 0.010,
                 "ms")
             row("  the same: max", max(binds), max(bare), "", None, "ms")
+            own = [shim for _, _, _, shim, _ in split]
+            if own:
+                row("  the shim's own part (its watch's event to its result write "
+                    "sent): p99.9", percentile(own, .999), None, "", None, "ms")
+                row("  the shim's own part: max", max(own), None, "", None, "ms")
+                notes.append(
+                    "Binds, %s, where the time of the %d slowest went (port written "
+                    "to the shim's watch event / the shim's own part / result write "
+                    "sent to proton's answer, which holds etcd's result write), of %d "
+                    "traced: %s." % (
+                        label, min(5, len(split)), len(split), "; ".join(
+                            "%.1f ms: %.1f / %.2f / %.1f" % (
+                                elapsed * 1000, port * 1000, shim * 1000, result * 1000)
+                            for _, elapsed, port, shim, result in split[:5])))
             notes.append("Binds, %s: %d full collections during the binds, longest "
                          "%.0f ms; the shim's reactor ran %d turns over 5 ms, the "
                          "longest %.0f ms." % (
@@ -666,6 +742,27 @@ def run(reactor, options):
     print()
     for note in notes:
         print("- " + note)
+
+
+def split_binds(binds, port_written, traced):
+    """
+    Each traced bind's time in three parts, slowest bind first: C{(port id,
+    elapsed, port, shim, result)}, where C{port} runs from proton's port write to
+    the shim's watch event, C{shim} from that event to the shim's result write
+    sent, and C{result} from there to proton's answer (etcd's result write and its
+    watch event to proton).  A bind's answer is its port write + its elapsed time.
+    """
+    split = []
+    for port_id, elapsed in binds:
+        times = traced.get(port_id)
+        written = port_written.get(port_id)
+        if times is None or written is None:
+            continue
+        event, sent, _ = times
+        split.append((port_id, elapsed, event - written, sent - event,
+                      written + elapsed - sent))
+    split.sort(key=lambda item: -item[1])
+    return split
 
 
 def fmt(value, unit):
