@@ -886,8 +886,7 @@ class Bench:
             "/ shim, whole sequence / bare responder, whole sequence: %s ms." % (
                 concurrent, rounds, "; ".join(
                     " / ".join("%.0f" % (max(each[0]) * 1000,) for each in bursts)
-                    for bursts in zip(*(taken[kind] for kind in (
-                        "floor", "shim lined", "bare lined", "shim", "bare"))))))
+                    for bursts in zip(*(taken[kind] for kind in order)))))
         if timed_out:
             self.notes.append("Bind: %d of the concurrent binds timed out." % timed_out)
         if bare_timed_out:

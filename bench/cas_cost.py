@@ -31,7 +31,7 @@ for path in (REPO, HERE):
 
 import bench  # noqa: E402
 import scale  # noqa: E402
-from twisted.internet import defer, task  # noqa: E402
+from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import inlineCallbacks  # noqa: E402
 
 from shim.etcd import Compare  # noqa: E402
@@ -69,14 +69,7 @@ def run(reactor, options):
         yield client.compact(last)
         print("loaded %d objects in %.0f s, compacted" % (
             options.objects, time.perf_counter() - t), flush=True)
-        waiting = {}
-
-        def seen(event):
-            d = waiting.pop(event.key, None)
-            if d is not None:
-                d.callback(time.perf_counter())
-        watch = client.watch("/bench/rtt/", None, seen, prefix=True, prev_kv=False,
-                             progress_notify=False)
+        watch = scale.FloorWatch(client)
         yield watch.started
         yield client.put(FENCE, b"leader")
         taken = {kind: [] for kind in KINDS}
@@ -84,11 +77,9 @@ def run(reactor, options):
             for kind in KINDS:
                 key = "/bench/rtt/%s-%d" % (kind, n)
                 before = yield client.put(key, b"{}")
-                waiting[key] = at = defer.Deferred()
-                started = time.perf_counter()
-                yield write(client, kind, key, b'{"vif_type": "ovs", "n": %d}' % (n,),
-                            before)
-                taken[kind].append((yield at) - started)
+                value = b'{"vif_type": "ovs", "n": %d}' % (n,)
+                taken[kind].append((yield watch.timed(
+                    key, lambda: write(client, kind, key, value, before))))
         yield watch.stop()
         yield client.close()
         binary = options.etcd or find_etcd_binary()

@@ -281,9 +281,12 @@ class BindTrace:
         return self._put_if(key, value, mod_revision, guard=guard).addBoth(answered)
 
     def take(self):
-        """Port uuid to (event, write sent, write answered), and forget them."""
+        """
+        Port uuid to (event, first write sent, first write answered), and forget
+        them: the first write is the one proton takes for its answer.
+        """
         seen, self.seen = self.seen, {}
-        return {uuid: times[-3:] for uuid, times in seen.items()
+        return {uuid: times[:3] for uuid, times in seen.items()
                 if len(times) >= 3 and times[0] is not None}
 
 
@@ -458,13 +461,20 @@ class FloorWatch:
         if seen is not None:
             seen.callback(time.perf_counter())
 
-    @inlineCallbacks
     def one(self):
         self.n += 1
         key = "/bench/rtt/floor-%d" % (self.n,)
+        return self.timed(key, lambda: self.client.put(key, b'{"n": %d}' % (self.n,)))
+
+    @inlineCallbacks
+    def timed(self, key, write):
+        """
+        Seconds from calling C{write} (which writes C{key}, under C{/bench/rtt/},
+        and may return a Deferred) until the watch sees C{key} change.
+        """
         self.waiting[key] = seen = defer.Deferred()
         started = time.perf_counter()
-        yield self.client.put(key, b'{"n": %d}' % (self.n,))
+        yield write()
         at = yield seen
         return at - started
 
