@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import time
 import uuid as uuidlib
@@ -66,6 +67,7 @@ from shim.schema import SEED  # noqa: E402
 from shim.proton import ProtonClient, encode_object, port_defaults  # noqa: E402
 
 TXN_OPS = 128
+SLOW_SAMPLE = 0.010  # a sequential sample this slow is looked into
 LOAD_CONCURRENCY = 16
 
 
@@ -442,6 +444,73 @@ def spawn(reactor, **params):
 
 # -- the parent -------------------------------------------------------------------------
 
+class EtcdProbe:
+    """
+    What etcd itself did while a phase ran, so that a slow sample can be put down
+    to etcd or not: its garbage collections (etcd runs with C{GODEBUG=gctrace=1},
+    whose lines in its log say when each began, as seconds since the process
+    started, and how long its marking took) and its slow disk writes (the WAL
+    fsync and backend commit histograms of its C{/metrics}).
+    """
+
+    GC_LINE = re.compile(
+        r"^gc \d+ @([\d.]+)s [\d.]+%: ([\d.]+)\+([\d.]+)\+([\d.]+) ms clock")
+    SLOW_FSYNC = "0.008"
+    SLOW_COMMIT = "0.016"
+
+    def __init__(self, server):
+        self.server = server
+        self.started = process_started(server.process.pid)
+
+    def collections(self, since, until):
+        """
+        etcd's collections that ran between wall times C{since} and C{until}, as
+        C{(begun, ended)}, cut to that window.
+        """
+        found = []
+        with open(self.server.log_file, errors="replace") as log:
+            for line in log:
+                match = self.GC_LINE.match(line)
+                if match:
+                    begun = self.started + float(match.group(1))
+                    ended = begun + sum(float(match.group(n)) for n in (2, 3, 4)) / 1000.0
+                    if begun < until and since < ended:
+                        found.append((max(begun, since), min(ended, until)))
+        return found
+
+    @inlineCallbacks
+    def slow_writes(self):
+        """How many WAL fsyncs and backend commits etcd has found slow so far."""
+        import treq
+        response = yield treq.get(self.server.client_url + "/metrics")
+        text = (yield treq.text_content(response))
+        counts = {}
+        for line in text.splitlines():
+            for name, bound in (("etcd_disk_wal_fsync_duration_seconds", self.SLOW_FSYNC),
+                                ("etcd_disk_backend_commit_duration_seconds",
+                                 self.SLOW_COMMIT)):
+                if line.startswith(name + "_count"):
+                    counts[name] = counts.get(name, 0) + float(line.split()[-1])
+                elif line.startswith('%s_bucket{le="%s"}' % (name, bound)):
+                    counts[name] = counts.get(name, 0) - float(line.split()[-1])
+        return (int(counts.get("etcd_disk_wal_fsync_duration_seconds", 0)),
+                int(counts.get("etcd_disk_backend_commit_duration_seconds", 0)))
+
+    @staticmethod
+    def marking(collections, begun, elapsed):
+        """Whether a sample from C{begun} for C{elapsed} s met one of C{collections}."""
+        return any(start < begun + elapsed and begun < end for start, end in collections)
+
+
+def process_started(pid):
+    """A process's start on the wall clock (to the kernel's clock tick)."""
+    with open("/proc/%d/stat" % (pid,)) as f:
+        ticks = int(f.read().rpartition(")")[2].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return time.time() - uptime + ticks / float(os.sysconf("SC_CLK_TCK"))
+
+
 class FloorWatch:
     """
     etcd's own put->watch floor, a sample at a time: a put under C{/bench/rtt/},
@@ -499,8 +568,10 @@ def run(reactor, options):
 
     began = time.perf_counter()
     server = EtcdServer(binary=options.etcd, progress_interval="1s",
-                        extra_args=["--quota-backend-bytes", str(16 * 1024 ** 3)])
+                        extra_args=["--quota-backend-bytes", str(16 * 1024 ** 3)],
+                        env={"GODEBUG": "gctrace=1"})
     server.start()
+    probe = EtcdProbe(server)
     try:
         client = ProtonEtcdClient(endpoints=[server.client_url], timeout=120.0)
         data = Population(options.objects)
@@ -604,13 +675,21 @@ def run(reactor, options):
             child.send("trace")
             yield child.next()
             binds, floor, bare, ours = [], [], [], []
+            begun = {"shim": [], "floor": [], "bare": []}
+            slow_before = yield probe.slow_writes()
+            phase_begun = time.time()
             with CollectorPaused():
                 for _ in range(options.binds):
                     # one each, in turn: the shim's bind, etcd's put->watch, and
                     # proton's bind answered by the bare responder
-                    binds.append((yield bind_one(record=ours)))
-                    floor.append((yield floor_watch.one()))
-                    bare.append((yield bind_one(OTHER_HOSTS)))
+                    for kind, taken, take in (
+                            ("shim", binds, lambda: bind_one(record=ours)),
+                            ("floor", floor, floor_watch.one),
+                            ("bare", bare, lambda: bind_one(OTHER_HOSTS))):
+                        begun[kind].append(time.time())
+                        taken.append((yield take()))
+            phase_ended = time.time()
+            slow_after = yield probe.slow_writes()
             child.send("trace")
             traced = (yield child.next())["trace"]
             child.send("gcstats")
@@ -633,6 +712,7 @@ def run(reactor, options):
                 "ms")
             row("  the same: max", max(binds), max(bare), "", None, "ms")
             own = [shim for _, _, _, shim, _ in split]
+            collections = probe.collections(phase_begun, phase_ended)
             if own:
                 row("  the shim's own part (its watch's event to its result write "
                     "sent): p99.9", percentile(own, .999), None, "", None, "ms")
@@ -641,11 +721,20 @@ def run(reactor, options):
                     "Binds, %s, where the time of the %d slowest went (port written "
                     "to the shim's watch event / the shim's own part / result write "
                     "sent to proton's answer, which holds etcd's result write), of %d "
-                    "traced: %s." % (
+                    "traced; * marks one that met etcd's garbage collector: %s." % (
                         label, min(5, len(split)), len(split), "; ".join(
-                            "%.1f ms: %.1f / %.2f / %.1f" % (
-                                elapsed * 1000, port * 1000, shim * 1000, result * 1000)
-                            for _, elapsed, port, shim, result in split[:5])))
+                            "%.1f ms%s: %.1f / %.2f / %.1f" % (
+                                elapsed * 1000,
+                                "*" if probe.marking(collections, port_written[port_id],
+                                                     elapsed) else "",
+                                port * 1000, shim * 1000, result * 1000)
+                            for port_id, elapsed, port, shim, result in split[:5])))
+            notes.append(etcd_during(label, probe, collections, phase_ended - phase_begun,
+                                     slow_before, slow_after,
+                                     [("the shim's binds", begun["shim"], binds),
+                                      ("etcd's put->watch", begun["floor"], floor),
+                                      ("the bare responder's binds", begun["bare"],
+                                       bare)]))
             notes.append("Binds, %s: %d full collections during the binds, longest "
                          "%.0f ms; the shim's reactor ran %d turns over 5 ms, the "
                          "longest %.0f ms." % (
@@ -752,6 +841,25 @@ def run(reactor, options):
     print()
     for note in notes:
         print("- " + note)
+
+
+def etcd_during(label, probe, collections, took, slow_before, slow_after, kinds):
+    """A note on what etcd did during a phase of sequential samples of C{kinds}."""
+    marked = sum(end - begun for begun, end in collections)
+    said = []
+    for name, begun, taken in kinds:
+        slow = [(b, e) for b, e in zip(begun, taken) if e > SLOW_SAMPLE]
+        met = sum(1 for b, e in slow if probe.marking(collections, b, e))
+        said.append("%s %d (%d)" % (name, len(slow), met))
+    return ("etcd during the binds, %s (%.1f s): %d garbage collections, marking "
+            "for %.1f s in all (longest %.0f ms); %d WAL fsyncs over %.0f ms and %d "
+            "backend commits over %.0f ms. Samples over %.0f ms, and in brackets those "
+            "that met etcd's collector: %s." % (
+                label, took, len(collections), marked,
+                max([end - begun for begun, end in collections] or [0]) * 1000,
+                slow_after[0] - slow_before[0], float(probe.SLOW_FSYNC) * 1000,
+                slow_after[1] - slow_before[1], float(probe.SLOW_COMMIT) * 1000,
+                SLOW_SAMPLE * 1000, ", ".join(said)))
 
 
 def split_binds(binds, port_written, traced):

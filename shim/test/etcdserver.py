@@ -153,6 +153,8 @@ class EtcdServer(object):
         C{extra_args} with the certificates).
     @param ssl_context: an C{ssl.SSLContext} for the harness's own blocking calls
         to an https server (CA and, with client-cert-auth, a client certificate).
+    @param env: variables added to the process's environment (a bench sets
+        C{GODEBUG=gctrace=1} to see etcd's garbage collections in its log).
     """
 
     ready_timeout = 15.0
@@ -160,8 +162,9 @@ class EtcdServer(object):
     def __init__(self, binary=None, name="default", extra_args=(), scheme="http",
                  client_port=None, peer_port=None, initial_cluster=None,
                  cluster_token=None, base_dir=None, progress_interval="1s",
-                 ssl_context=None):
+                 ssl_context=None, env=None):
         self.binary = binary or find_etcd_binary()
+        self.env = dict(env or {})
         self.version = etcd_version(self.binary)
         self.name = name
         self.extra_args = list(extra_args)
@@ -217,7 +220,8 @@ class EtcdServer(object):
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log,
                                             stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+                                            stdin=subprocess.DEVNULL,
+                                            env=dict(os.environ, **self.env))
         self.paused = False
         _live.add(self)
 
