@@ -54,6 +54,10 @@ HOSTS = ["compute-%03d" % (i,) for i in range(40)]
 OUR_HOSTS = HOSTS[:20]
 #: The hosts the shim does not serve: a bare responder answers binds on them.
 OTHER_HOSTS = HOSTS[20:]
+#: Hosts no shim and no responder serves: binds there are never answered.
+NOBODY_HOSTS = ["compute-none-%d" % (i,) for i in range(2)]
+#: How long proton waits for an answer on NOBODY_HOSTS (only its port writes count).
+NOBODY_TIMEOUT = 0.5
 PORTS_PER_VPN = 50
 RTS_PER_VPN = 2
 VIF_DETAILS = {"port_filter": False, "bridge_name": "br-gluon"}
@@ -581,6 +585,7 @@ def child_main(argv):
 #: The kinds of burst of the bind round trip, as the bench's output names them.
 BURSTS = {"floor": "put->watch", "shim lined": "shim, ports written together",
           "bare lined": "bare responder, ports written together",
+          "nobody lined": "nobody answering, ports written together",
           "shim": "shim, proton's whole sequence",
           "bare": "bare responder, proton's whole sequence"}
 
@@ -727,8 +732,9 @@ class Bench:
         rounds = max(1, self.options.runs)
         print("bind round trip: %d one after another, %d at once (%d rounds)" % (
             sequential, concurrent, rounds), flush=True)
-        # each burst binds ports of its own: the shim's and the bare responder's
-        wanted = sequential + 4 * rounds * concurrent
+        # each burst but the put->watch binds ports of its own
+        order = ["floor", "shim lined", "bare lined", "nobody lined", "shim", "bare"]
+        wanted = sequential + (len(order) - 1) * rounds * concurrent
         data = DataSet(vpns=-(-wanted // PORTS_PER_VPN), seed=3, bound=0.0,
                        results=False)
         server = self.etcd()
@@ -759,7 +765,7 @@ class Bench:
                 seq.append(outcome.elapsed)
 
         @inlineCallbacks
-        def burst(hosts, lined=False):
+        def burst(hosts, lined=False, timeout=8.0):
             # lined: proton first reads, creates and watches every controller key,
             # then writes the 500 ports at once, as the put->watch burst writes its
             # keys; otherwise each bind runs proton's whole sequence at once.
@@ -773,6 +779,7 @@ class Bench:
                 return gates[-1]
             started = time.perf_counter()
             binds = [proton.bind(next(ids), hosts[n % len(hosts)], str(uuidlib.uuid4()),
+                                 timeout=timeout,
                                  before_write=line_up if lined else None)
                      for n in range(concurrent)]
             if lined:
@@ -782,21 +789,24 @@ class Bench:
                     gate.callback(None)
             outcomes = yield defer.gatherResults(binds)
             wall = time.perf_counter() - started
+            # the elapsed times, the wall time, how many timed out, and when proton's
+            # last port write was answered
             return [o.elapsed for o in outcomes], wall, sum(
-                1 for o in outcomes if o.timed_out)
+                1 for o in outcomes if o.timed_out), max(o.written for o in outcomes)
 
         @inlineCallbacks
         def floor():
             _, wall, con = yield self.put_watch_baseline(client, 0, concurrent)
-            return con, wall, 0
+            return con, wall, 0, None
 
         pids = {"proton (this process)": os.getpid(), "shim": child.transport.pid,
                 "etcd": server.process.pid}
         kinds = {"floor": floor, "shim": lambda: burst(OUR_HOSTS),
                  "bare": lambda: burst(OTHER_HOSTS),
                  "shim lined": lambda: burst(OUR_HOSTS, lined=True),
-                 "bare lined": lambda: burst(OTHER_HOSTS, lined=True)}
-        order = ["floor", "shim lined", "bare lined", "shim", "bare"]
+                 "bare lined": lambda: burst(OTHER_HOSTS, lined=True),
+                 "nobody lined": lambda: burst(NOBODY_HOSTS, lined=True,
+                                               timeout=NOBODY_TIMEOUT)}
         taken = {kind: [] for kind in order}
         with CollectorPaused():
             for r in range(rounds):
@@ -807,9 +817,12 @@ class Bench:
                         cpu_before = {name: cpu_seconds(pid)
                                       for name, pid in pids.items()}
                     taken[kind].append((yield kinds[kind]()))
-                    print("  burst (%s): slowest answer %.0f ms, all done in %.2f s"
-                          % (BURSTS[kind], max(taken[kind][-1][0]) * 1000,
-                             taken[kind][-1][1]), flush=True)
+                    each = taken[kind][-1]
+                    print("  burst (%s): slowest answer %.0f ms, all done in %.2f s%s"
+                          % (BURSTS[kind], max(each[0]) * 1000, each[1],
+                             "" if each[3] is None else
+                             "; the last port write answered at %.0f ms" % (
+                                 each[3] * 1000,)), flush=True)
                     if kind == "shim" and r == 0:
                         cpu = {name: cpu_seconds(pid) - cpu_before[name]
                                for name, pid in pids.items()}
@@ -835,9 +848,16 @@ class Bench:
 
         def figures(kind):
             each = taken[kind]
-            return (median([max(con) for con, _, _ in each]),
-                    median([wall for _, wall, _ in each]),
-                    sum(timed_out for _, _, timed_out in each))
+            return (median([max(con) for con, _, _, _ in each]),
+                    median([wall for _, wall, _, _ in each]),
+                    sum(timed_out for _, _, timed_out, _ in each))
+
+        def slowest(kind, r):
+            con, _, _, written = taken[kind][r]
+            return written if kind == "nobody lined" else max(con)
+
+        def last_write(kind):
+            return median([written for _, _, _, written in taken[kind]])
         lined_max, lined_wall, lined_timed_out = figures("shim lined")
         shim_max, shim_wall, timed_out = figures("shim")
         floor_max, floor_wall, _ = figures("floor")
@@ -861,6 +881,11 @@ class Bench:
                  None, "s")
         self.row(section, c + "against the bare responder: max (median)", lined_max,
                  bare_lined_max, "", None, "ms")
+        self.row(section, c + "proton's last port write answered, nobody answering "
+                 "the binds (median)", last_write("nobody lined"), floor_max, "", None,
+                 "ms")
+        self.row(section, c + "proton's last port write answered, the shim answering "
+                 "(median)", last_write("shim lined"), floor_max, "", None, "ms")
         c = "%d at once, proton's whole sequence (%d bursts): " % (concurrent, rounds)
         self.row(section, c + "p50", percentile(con, .5), percentile(rtt_con, .5), "",
                  None, "ms")
@@ -876,17 +901,19 @@ class Bench:
         self.row(section, r + "all done (wall, median)", shim_wall, bare_wall, "",
                  None, "s")
         self.notes.append(
-            "Bind, %d at once: %d rounds, each of five bursts taken in turn (the order "
+            "Bind, %d at once: %d rounds, each of %d bursts taken in turn (the order "
             "rotating): etcd puts seen by an open watch (the baseline); the shim's "
             "binds and the bare responder's (on the hosts the shim does not serve) "
             "with the ports written together, once proton had read, created and "
-            "watched every controller key; and the same two with proton's whole "
-            "sequence run for each bind at once. The slowest answer of each burst, "
-            "put->watch / shim, written together / bare responder, written together "
-            "/ shim, whole sequence / bare responder, whole sequence: %s ms." % (
-                concurrent, rounds, "; ".join(
-                    " / ".join("%.0f" % (max(each[0]) * 1000,) for each in bursts)
-                    for bursts in zip(*(taken[kind] for kind in order)))))
+            "watched every controller key; the same on hosts nobody serves (proton "
+            "waits %.1f s; only its port writes count); and the shim's and the bare "
+            "responder's with proton's whole sequence run for each bind at once. The "
+            "slowest answer of each burst (for nobody answering, the last port write "
+            "answered), %s: %s ms." % (
+                concurrent, rounds, len(order), NOBODY_TIMEOUT,
+                " / ".join(BURSTS[kind] for kind in order), "; ".join(
+                    " / ".join("%.0f" % (slowest(kind, r) * 1000,) for kind in order)
+                    for r in range(rounds))))
         if timed_out:
             self.notes.append("Bind: %d of the concurrent binds timed out." % timed_out)
         if bare_timed_out:

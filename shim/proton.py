@@ -218,12 +218,15 @@ class BindOutcome:
         nobody answered), on the reactor's clock.
     @ivar port: the port object as proton keeps it afterwards (C{vif_type} and
         C{vif_details} copied from the result).
+    @ivar written: seconds from the port write to etcd's answer to it, on the same
+        clock: the part of C{elapsed} that is proton's own write.
     """
 
-    def __init__(self, result, elapsed, port):
+    def __init__(self, result, elapsed, port, written=None):
         self.result = result
         self.elapsed = elapsed
         self.port = port
+        self.written = written
 
     @property
     def timed_out(self):
@@ -622,6 +625,7 @@ class ProtonClient:
                 timeout, lambda: answered.called or answered.callback(None))
             try:
                 yield self.put_object(self.schema.port, port_id, port)
+                written = self.reactor.seconds() - started
                 raw = yield answered
             finally:
                 if timer.active():
@@ -636,7 +640,7 @@ class ProtonClient:
                 yield each.stop()
 
         if raw is None:
-            return BindOutcome(None, elapsed, port)
+            return BindOutcome(None, elapsed, port, written)
         result = decode_value(raw)
         if not isinstance(result, dict):
             raise ProtonError("bind result at %s is not a JSON object: %r" % (ckey, result))
@@ -654,7 +658,7 @@ class ProtonClient:
                 port["updated_at"] = timestamp()
             yield self.put_object(self.schema.port, port_id, port)
         self.objects[(self.schema.port, port_id)] = port
-        return BindOutcome(result, elapsed, dict(port))
+        return BindOutcome(result, elapsed, dict(port), written)
 
     @inlineCallbacks
     def _watch_result(self, ckey, on_event):

@@ -237,6 +237,9 @@ class BindTests(EtcdTestCase):
         self.assertEqual(outcome.result, RESULT)
         # the 0.2 s held before the write are not counted
         self.assertLessEqual(outcome.elapsed, reactor.seconds() - asked - 0.2)
+        # etcd answered the port write before the answer came, on the same clock
+        self.assertGreater(outcome.written, 0)
+        self.assertLessEqual(outcome.written, outcome.elapsed)
         self.assertEqual(calls, [True])
 
     @inlineCallbacks
@@ -255,12 +258,15 @@ class BindTests(EtcdTestCase):
     def test_bind_times_out(self):
         """
         With nobody answering, bind() gives up after its timeout with no result, and
-        leaves the controller key it created as {}.
+        leaves the controller key it created as {}.  When etcd answered the port
+        write is still told.
         """
         yield self.proton.create_port("p1")
         outcome = yield self.proton.bind("p1", "compute1", "vm1", timeout=0.2)
         self.assertIsNone(outcome.result)
         self.assertTrue(outcome.timed_out)
+        self.assertGreater(outcome.written, 0)
+        self.assertLess(outcome.written, outcome.elapsed)
         self.assertIsNone(outcome.port["vif_type"])
         found = yield self.client.get(keys.result_key("p1"))
         self.assertEqual(json.loads(found.kvs[0].value), {})
