@@ -17,6 +17,7 @@ standard error), as a shim run with C{log_level = warn} would.
 """
 
 import argparse
+import collections
 import datetime
 import gc
 import json
@@ -590,6 +591,13 @@ BURSTS = {"floor": "put->watch", "shim lined": "shim, ports written together",
           "bare": "bare responder, proton's whole sequence"}
 
 
+#: One burst of the bind round trip: each bind's (or put's) seconds, the wall time,
+#: how many binds timed out, when proton's last port write was answered (None for
+#: the put->watch burst), and the CPU seconds each process used meanwhile.
+BurstTaken = collections.namedtuple(
+    "BurstTaken", "elapsed wall timed_out last_write cpu")
+
+
 class ProtonEtcdClient(EtcdClient):
     """
     The client proton's side uses: proton-server's own etcd client (gRPC, one
@@ -777,6 +785,7 @@ class Bench:
                 if len(gates) == concurrent:
                     lined_up.callback(None)
                 return gates[-1]
+            cpu = cpu_now()
             started = time.perf_counter()
             binds = [proton.bind(next(ids), hosts[n % len(hosts)], str(uuidlib.uuid4()),
                                  timeout=timeout,
@@ -784,23 +793,30 @@ class Bench:
                      for n in range(concurrent)]
             if lined:
                 yield lined_up.addTimeout(60, self.reactor)
+                cpu = cpu_now()
                 started = time.perf_counter()
                 for gate in gates:
                     gate.callback(None)
             outcomes = yield defer.gatherResults(binds)
             wall = time.perf_counter() - started
-            # the elapsed times, the wall time, how many timed out, and when proton's
-            # last port write was answered
-            return [o.elapsed for o in outcomes], wall, sum(
-                1 for o in outcomes if o.timed_out), max(o.written for o in outcomes)
+            return BurstTaken([o.elapsed for o in outcomes], wall,
+                              sum(1 for o in outcomes if o.timed_out),
+                              max(o.written for o in outcomes), cpu_since(cpu))
 
         @inlineCallbacks
         def floor():
+            cpu = cpu_now()
             _, wall, con = yield self.put_watch_baseline(client, 0, concurrent)
-            return con, wall, 0, None
+            return BurstTaken(con, wall, 0, None, cpu_since(cpu))
 
         pids = {"proton (this process)": os.getpid(), "shim": child.transport.pid,
-                "etcd": server.process.pid}
+                "bare responder": responder.transport.pid, "etcd": server.process.pid}
+
+        def cpu_now():
+            return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+        def cpu_since(before):
+            return {name: used - before[name] for name, used in cpu_now().items()}
         kinds = {"floor": floor, "shim": lambda: burst(OUR_HOSTS),
                  "bare": lambda: burst(OTHER_HOSTS),
                  "shim lined": lambda: burst(OUR_HOSTS, lined=True),
@@ -814,25 +830,16 @@ class Bench:
                     if kind == "shim" and r == 0:
                         profiler = profiled(
                             {"profile": self.profile_path("bind-proton")})
-                        cpu_before = {name: cpu_seconds(pid)
-                                      for name, pid in pids.items()}
                     taken[kind].append((yield kinds[kind]()))
                     each = taken[kind][-1]
                     print("  burst (%s): slowest answer %.0f ms, all done in %.2f s%s"
-                          % (BURSTS[kind], max(each[0]) * 1000, each[1],
-                             "" if each[3] is None else
+                          % (BURSTS[kind], max(each.elapsed) * 1000, each.wall,
+                             "" if each.last_write is None else
                              "; the last port write answered at %.0f ms" % (
-                                 each[3] * 1000,)), flush=True)
+                                 each.last_write * 1000,)), flush=True)
                     if kind == "shim" and r == 0:
-                        cpu = {name: cpu_seconds(pid) - cpu_before[name]
-                               for name, pid in pids.items()}
                         write_profile(profiler,
                                       {"profile": self.profile_path("bind-proton")})
-                        self.notes.append(
-                            "Bind, %d at once: CPU seconds used during the first %.2f s "
-                            "burst: %s (2 CPUs)." % (
-                                concurrent, taken[kind][0][1],
-                                ", ".join("%s %.2f" % item for item in cpu.items())))
                     # the next burst starts on a quiet etcd
                     yield task.deferLater(self.reactor, 0.5, lambda: None)
         yield child.close()
@@ -848,16 +855,16 @@ class Bench:
 
         def figures(kind):
             each = taken[kind]
-            return (median([max(con) for con, _, _, _ in each]),
-                    median([wall for _, wall, _, _ in each]),
-                    sum(timed_out for _, _, timed_out, _ in each))
+            return (median([max(b.elapsed) for b in each]),
+                    median([b.wall for b in each]),
+                    sum(b.timed_out for b in each))
 
         def slowest(kind, r):
-            con, _, _, written = taken[kind][r]
-            return written if kind == "nobody lined" else max(con)
+            b = taken[kind][r]
+            return b.last_write if kind == "nobody lined" else max(b.elapsed)
 
         def last_write(kind):
-            return median([written for _, _, _, written in taken[kind]])
+            return median([b.last_write for b in taken[kind]])
         lined_max, lined_wall, lined_timed_out = figures("shim lined")
         shim_max, shim_wall, timed_out = figures("shim")
         floor_max, floor_wall, _ = figures("floor")
@@ -865,8 +872,8 @@ class Bench:
         bare_max, bare_wall, bare_timed_out = figures("bare")
         timed_out += lined_timed_out
         bare_timed_out += bare_lined_timed_out
-        con = [elapsed for each in taken["shim"] for elapsed in each[0]]
-        rtt_con = [elapsed for each in taken["floor"] for elapsed in each[0]]
+        con = [elapsed for b in taken["shim"] for elapsed in b.elapsed]
+        rtt_con = [elapsed for b in taken["floor"] for elapsed in b.elapsed]
         section = "3. bind round trip"
         s = "sequential (%d): " % (sequential,)
         self.row(section, s + "p50", percentile(seq, .5), percentile(rtt_seq, .5),
@@ -914,6 +921,13 @@ class Bench:
                 " / ".join(BURSTS[kind] for kind in order), "; ".join(
                     " / ".join("%.0f" % (slowest(kind, r) * 1000,) for kind in order)
                     for r in range(rounds))))
+        self.notes.append(
+            "Bind, %d at once: CPU seconds each process used over the wall time of the "
+            "first round's bursts (2 CPUs), by kind: %s." % (
+                concurrent, "; ".join(
+                    "%s (%.2f s): %s" % (BURSTS[kind], taken[kind][0].wall, ", ".join(
+                        "%s %.2f" % item for item in taken[kind][0].cpu.items()))
+                    for kind in order)))
         if timed_out:
             self.notes.append("Bind: %d of the concurrent binds timed out." % timed_out)
         if bare_timed_out:
