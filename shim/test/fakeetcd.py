@@ -229,7 +229,11 @@ class FakeEtcd:
         wanted = convert(compare.get(field, ""))
         kv = self.data.get(key)
         if kv is None:
-            actual = b"" if field == "value" else 0
+            if field == "value":
+                # as etcd: a value compare on a missing key always fails (an empty
+                # value and no key look alike on the wire)
+                return False
+            actual = 0
         else:
             actual = getattr(kv, field)
         return _COMPARISONS[compare["result"]](actual, wanted)

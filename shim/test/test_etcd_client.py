@@ -199,6 +199,22 @@ class ClientTests(EtcdServerMixin, TestCase):
         self.assertEqual((yield client.get("/cas/v")).kvs[0].value, b"ours")
 
     @inlineCallbacks
+    def test_value_compare_on_missing_key_fails(self):
+        """
+        A value compare on a key that does not exist fails, even against the empty
+        value: etcd cannot tell an empty value from none (shim.test.fakeetcd does
+        the same).
+        """
+        client = self.make_client()
+        done = yield client.txn(compare=[Compare.value("/cas/none", "==", b"")],
+                                success=[Op.put("/cas/other", b"x")])
+        self.assertFalse(done.succeeded)
+        done = yield client.txn(compare=[Compare.value("/cas/none", "!=", b"")],
+                                success=[Op.put("/cas/other", b"x")])
+        self.assertFalse(done.succeeded)
+        self.assertEqual((yield client.get("/cas/other")).count, 0)
+
+    @inlineCallbacks
     def test_lease(self):
         client = self.make_client()
         lease = yield client.lease_grant(30)

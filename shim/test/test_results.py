@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from shim.backoff import Backoff
 from shim.bindresult import EMPTY, BindResult
-from shim.etcd import ConnectionFailed
+from shim.etcd import Compare, ConnectionFailed, Op
 from shim.metrics import Metrics
 from shim.results import (
     EXISTS, MAX_CONFLICTS, ResultWriter, fingerprint, pack, unpack)
@@ -618,3 +618,19 @@ class FenceTests(WriterCase):
         # The first publish writes over an empty key (none here), then reads.
         self.assertEqual(guards, [("fence",)] * 5)
         self.assertNotIn(KEY, etcd.data)
+
+
+class FakeEtcdCompareTests(SynchronousTestCase):
+    """
+    The fake compares as etcd does (test_etcd_client's
+    test_value_compare_on_missing_key_fails shows etcd itself).
+    """
+
+    def test_value_compare_on_missing_key_fails(self):
+        etcd = FakeEtcd()
+        for op in ("==", "!="):
+            done = self.successResultOf(etcd.txn(
+                compare=[Compare.value("/cas/none", op, b"")],
+                success=[Op.put("/cas/other", b"x")]))
+            self.assertFalse(done.succeeded)
+        self.assertEqual(self.successResultOf(etcd.get("/cas/other")).count, 0)
