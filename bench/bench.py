@@ -20,6 +20,7 @@ import argparse
 import collections
 import datetime
 import gc
+import itertools
 import json
 import os
 import platform
@@ -591,6 +592,68 @@ BURSTS = {"floor": "put->watch", "shim lined": "shim, ports written together",
           "bare": "bare responder, proton's whole sequence"}
 
 
+class FloorWatch:
+    """
+    etcd's own put->watch floor, a sample at a time: a put under C{/bench/rtt/},
+    timed until the watch open on that prefix sees it.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.waiting = {}
+        self.watch = client.watch("/bench/rtt/", None, self._seen, prefix=True,
+                                  prev_kv=False, progress_notify=False)
+        self.started = self.watch.started
+
+    def _seen(self, event):
+        seen = self.waiting.pop(event.key, None)
+        if seen is not None:
+            seen.callback(time.perf_counter())
+
+    def one(self):
+        """A put of a key of its own, timed until the watch sees it."""
+        n = next(_FLOOR_KEYS)
+        key = "/bench/rtt/floor-%d" % (n,)
+        return self.timed(key, lambda: self.client.put(key, b'{"n": %d}' % (n,)))
+
+    @inlineCallbacks
+    def timed(self, key, write):
+        """
+        Seconds from calling C{write} (which writes C{key}, under C{/bench/rtt/},
+        and may return a Deferred) until the watch sees C{key} change.
+        """
+        self.waiting[key] = seen = Deferred()
+        started = time.perf_counter()
+        yield write()
+        at = yield seen
+        return at - started
+
+    def stop(self):
+        return self.watch.stop()
+
+
+_FLOOR_KEYS = itertools.count(1)
+
+
+@inlineCallbacks
+def put_watch_baseline(client, sequential, concurrent):
+    """
+    etcd puts seen by an already-open watch: C{sequential} one after another, then
+    C{concurrent} at once.  Fires with C{(sequential seconds, wall time of the
+    concurrent ones, their seconds)}.
+    """
+    floor = FloorWatch(client)
+    yield floor.started
+    seq = []
+    for _ in range(sequential):
+        seq.append((yield floor.one()))
+    started = time.perf_counter()
+    con = yield defer.gatherResults([floor.one() for _ in range(concurrent)])
+    wall = time.perf_counter() - started
+    yield floor.stop()
+    return seq, wall, con
+
+
 #: One burst of the bind round trip: each bind's (or put's) seconds, the wall time,
 #: how many binds timed out, when proton's last port write was answered (None for
 #: the put->watch burst), and the CPU seconds each process used meanwhile.
@@ -749,7 +812,7 @@ class Bench:
         client = ProtonEtcdClient(endpoints=[server.client_url], timeout=30.0)
         yield load(client, data.items)
         with CollectorPaused():
-            rtt_seq, _, _ = yield self.put_watch_baseline(client, sequential, 0)
+            rtt_seq, _, _ = yield put_watch_baseline(client, sequential, 0)
         proton = ProtonClient(client, self.reactor)
         ids = iter(data.unbound[:wanted])
         # proton's own memory of the ports, read before the clock runs
@@ -806,7 +869,7 @@ class Bench:
         @inlineCallbacks
         def floor():
             cpu = cpu_now()
-            _, wall, con = yield self.put_watch_baseline(client, 0, concurrent)
+            _, wall, con = yield put_watch_baseline(client, 0, concurrent)
             return BurstTaken(con, wall, 0, None, cpu_since(cpu))
 
         pids = {"proton (this process)": os.getpid(), "shim": child.transport.pid,
@@ -932,36 +995,6 @@ class Bench:
             self.notes.append("Bind: %d of the concurrent binds timed out." % timed_out)
         if bare_timed_out:
             raise RuntimeError("the bare responder left binds unanswered")
-
-    @inlineCallbacks
-    def put_watch_baseline(self, client, sequential, concurrent):
-        """An etcd put seen by an already-open watch: one after another, then at once."""
-        waiting = {}
-
-        def on_event(event):
-            d = waiting.pop(event.key, None)
-            if d is not None:
-                d.callback(time.perf_counter())
-        watch = client.watch("/bench/rtt/", None, on_event, prefix=True,
-                             prev_kv=False, progress_notify=False)
-        yield watch.started
-
-        @inlineCallbacks
-        def one(n):
-            key = "/bench/rtt/%d" % (n,)
-            waiting[key] = seen = Deferred()
-            started = time.perf_counter()
-            yield client.put(key, b'{"n": %d}' % (n,))
-            at = yield seen
-            return at - started
-        seq = []
-        for n in range(sequential):
-            seq.append((yield one(n)))
-        started = time.perf_counter()
-        con = yield defer.gatherResults([one(sequential + n) for n in range(concurrent)])
-        wall = time.perf_counter() - started
-        yield watch.stop()
-        return seq, wall, con
 
     # 4 -----------------------------------------------------------------------------
 

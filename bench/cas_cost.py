@@ -69,7 +69,7 @@ def run(reactor, options):
         yield client.compact(last)
         print("loaded %d objects in %.0f s, compacted" % (
             options.objects, time.perf_counter() - t), flush=True)
-        watch = scale.FloorWatch(client)
+        watch = bench.FloorWatch(client)
         yield watch.started
         yield client.put(FENCE, b"leader")
         taken = {kind: [] for kind in KINDS}

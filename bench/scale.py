@@ -225,27 +225,34 @@ class GCWatch:
 class LagWatch:
     """
     How late the reactor runs a call due every millisecond: the longest turn, and
-    the turns over 5 ms, since the last look.
+    the turns over 5 ms, since the last look.  Of each late turn it also tells
+    whether the process was on a CPU for less than half of it: then it was not
+    busy with its own work but waiting for a CPU the machine gave to others.
     """
 
     def __init__(self, reactor):
         self.reactor = reactor
         self.late = []
         self.due = time.perf_counter() + 0.001
+        self.cpu = time.process_time()
         self.call = task.LoopingCall(self.tick)
         self.call.clock = reactor
         self.call.start(0.001, now=False)
 
     def tick(self):
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         late = now - self.due
         if late > 0.005:
-            self.late.append(late)
+            # the process's CPU time over the late turn (since the last tick)
+            self.late.append((late, (cpu - self.cpu) < 0.5 * (late + 0.001)))
         self.due = now + 0.001
+        self.cpu = cpu
 
     def take(self):
         late, self.late = self.late, []
-        return {"turns_over_5ms": len(late), "longest_turn": max(late) if late else 0.0}
+        return {"turns_over_5ms": len(late),
+                "longest_turn": max(t for t, _ in late) if late else 0.0,
+                "turns_off_cpu": sum(1 for _, off in late if off)}
 
 
 class BindTrace:
@@ -511,46 +518,6 @@ def process_started(pid):
     return time.time() - uptime + ticks / float(os.sysconf("SC_CLK_TCK"))
 
 
-class FloorWatch:
-    """
-    etcd's own put->watch floor, a sample at a time: a put under C{/bench/rtt/},
-    timed until the watch open on that prefix sees it.
-    """
-
-    def __init__(self, client):
-        self.client = client
-        self.waiting = {}
-        self.n = 0
-        self.watch = client.watch("/bench/rtt/", None, self._seen, prefix=True,
-                                  prev_kv=False, progress_notify=False)
-        self.started = self.watch.started
-
-    def _seen(self, event):
-        seen = self.waiting.pop(event.key, None)
-        if seen is not None:
-            seen.callback(time.perf_counter())
-
-    def one(self):
-        self.n += 1
-        key = "/bench/rtt/floor-%d" % (self.n,)
-        return self.timed(key, lambda: self.client.put(key, b'{"n": %d}' % (self.n,)))
-
-    @inlineCallbacks
-    def timed(self, key, write):
-        """
-        Seconds from calling C{write} (which writes C{key}, under C{/bench/rtt/},
-        and may return a Deferred) until the watch sees C{key} change.
-        """
-        self.waiting[key] = seen = defer.Deferred()
-        started = time.perf_counter()
-        yield write()
-        at = yield seen
-        return at - started
-
-    def stop(self):
-        return self.watch.stop()
-
-
 @inlineCallbacks
 def run(reactor, options):
     from shim.test.etcdserver import EtcdServer, etcd_version, find_etcd_binary
@@ -590,8 +557,8 @@ def run(reactor, options):
                          loaded, TXN_OPS, LOAD_CONCURRENCY))
 
         # etcd's own floor, on the loaded etcd, before anything else runs
-        first_floor, _, _ = yield bench.Bench.put_watch_baseline(
-            None, client, options.binds, 0)
+        first_floor, _, _ = yield bench.put_watch_baseline(
+            client, options.binds, 0)
 
         reads = []
         for _ in range(options.runs):
@@ -633,7 +600,7 @@ def run(reactor, options):
         responder = bench.spawn(reactor, kind="responder", endpoint=server.client_url,
                                 hosts=OTHER_HOSTS, controller=OTHER_CONTROLLER)
         yield responder.next()
-        floor_watch = FloorWatch(client)
+        floor_watch = bench.FloorWatch(client)
         yield floor_watch.started
 
         child = spawn(reactor, kind="shim", endpoint=server.client_url,
@@ -736,10 +703,12 @@ def run(reactor, options):
                                       ("the bare responder's binds", begun["bare"],
                                        bare)]))
             notes.append("Binds, %s: %d full collections during the binds, longest "
-                         "%.0f ms; the shim's reactor ran %d turns over 5 ms, the "
-                         "longest %.0f ms." % (
+                         "%.0f ms; the shim's reactor ran %d turns over 5 ms (in %d "
+                         "of them the shim was on a CPU for less than half the "
+                         "turn), the longest %.0f ms." % (
                              label, stats["count"], stats["max"] * 1000,
-                             stats["turns_over_5ms"], stats["longest_turn"] * 1000))
+                             stats["turns_over_5ms"], stats["turns_off_cpu"],
+                             stats["longest_turn"] * 1000))
         notes.append(
             "The baselines of the sequential binds, taken in turn with them (a shim's "
             "bind, an etcd put->watch, a bind answered by the bare responder, and "
@@ -799,14 +768,16 @@ def run(reactor, options):
                 "Resync round %d: the bare read took %.1f s, %d binds beside it (p50 "
                 "%.1f, p99.9 %.1f, max %.1f ms); the shim's resync of %s objects took "
                 "%.1f s, %d binds beside it (p50 %.1f, p99.9 %.1f, max %.1f ms); the "
-                "shim's reactor ran %d turns over 5 ms, the longest %.0f ms." % (
+                "shim's reactor ran %d turns over 5 ms (%d mostly off a CPU), the "
+                "longest %.0f ms." % (
                     k + 1, paced["elapsed"], len(bare_round),
                     percentile(bare_round, .5) * 1000,
                     percentile(bare_round, .999) * 1000, max(bare_round) * 1000,
                     bench._count(settled["objects"]), done["resync"], len(shim_round),
                     percentile(shim_round, .5) * 1000,
                     percentile(shim_round, .999) * 1000, max(shim_round) * 1000,
-                    done["turns_over_5ms"], done["longest_turn"] * 1000))
+                    done["turns_over_5ms"], done["turns_off_cpu"],
+                    done["longest_turn"] * 1000))
         if options.election:
             lost = resync["elections"]["lost"]
             row("election: leadership lost from start to the end",
