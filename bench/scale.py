@@ -575,6 +575,10 @@ def run(reactor, options):
         port_written = {}
         put = client.put
 
+        def at_write(record):
+            # binds' (port id, seconds) as (wall time of the port's write, seconds)
+            return [(port_written[port_id], elapsed) for port_id, elapsed in record]
+
         def noting_put(key, value, *args, **kwargs):
             if key.startswith(port_prefix):
                 port_written[key[len(port_prefix):]] = time.time()
@@ -641,20 +645,17 @@ def run(reactor, options):
             yield child.next()
             child.send("trace")
             yield child.next()
-            binds, floor, bare, ours = [], [], [], []
-            begun = {"shim": [], "floor": [], "bare": []}
+            binds, floor, bare, ours, theirs, floor_begun = [], [], [], [], [], []
             slow_before = yield probe.slow_writes()
             phase_begun = time.time()
             with CollectorPaused():
                 for _ in range(options.binds):
                     # one each, in turn: the shim's bind, etcd's put->watch, and
                     # proton's bind answered by the bare responder
-                    for kind, taken, take in (
-                            ("shim", binds, lambda: bind_one(record=ours)),
-                            ("floor", floor, floor_watch.one),
-                            ("bare", bare, lambda: bind_one(OTHER_HOSTS))):
-                        begun[kind].append(time.time())
-                        taken.append((yield take()))
+                    binds.append((yield bind_one(record=ours)))
+                    floor_begun.append(time.time())
+                    floor.append((yield floor_watch.one()))
+                    bare.append((yield bind_one(OTHER_HOSTS, record=theirs)))
             phase_ended = time.time()
             slow_after = yield probe.slow_writes()
             child.send("trace")
@@ -698,10 +699,10 @@ def run(reactor, options):
                             for port_id, elapsed, port, shim, result in split[:5])))
             notes.append(etcd_during(label, probe, collections, phase_ended - phase_begun,
                                      slow_before, slow_after,
-                                     [("the shim's binds", begun["shim"], binds),
-                                      ("etcd's put->watch", begun["floor"], floor),
-                                      ("the bare responder's binds", begun["bare"],
-                                       bare)]))
+                                     [("the shim's binds", at_write(ours)),
+                                      ("etcd's put->watch", zip(floor_begun, floor)),
+                                      ("the bare responder's binds",
+                                       at_write(theirs))]))
             notes.append("Binds, %s: %d full collections during the binds, longest "
                          "%.0f ms; the shim's reactor ran %d turns over 5 ms (in %d "
                          "of them the shim was on a CPU for less than half the "
@@ -815,11 +816,14 @@ def run(reactor, options):
 
 
 def etcd_during(label, probe, collections, took, slow_before, slow_after, kinds):
-    """A note on what etcd did during a phase of sequential samples of C{kinds}."""
+    """
+    A note on what etcd did during a phase of sequential samples: C{kinds} names
+    each kind's samples, as C{(wall time it began, seconds)}.
+    """
     marked = sum(end - begun for begun, end in collections)
     said = []
-    for name, begun, taken in kinds:
-        slow = [(b, e) for b, e in zip(begun, taken) if e > SLOW_SAMPLE]
+    for name, samples in kinds:
+        slow = [(b, e) for b, e in samples if e > SLOW_SAMPLE]
         met = sum(1 for b, e in slow if probe.marking(collections, b, e))
         said.append("%s %d (%d)" % (name, len(slow), met))
     return ("etcd during the binds, %s (%.1f s): %d garbage collections, marking "
