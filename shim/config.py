@@ -93,7 +93,7 @@ class ShimConfig:
     log_format: str = "text"
     log_file: str = "-"
     etcd_timeout: float = 5.0
-    watch_idle_timeout: float = 900.0
+    watch_idle_timeout: float = 1500.0
     ca_file: str = None
     cert_file: str = None
     key_file: str = None
@@ -258,9 +258,12 @@ class _Reader:
             log_file=self.get("shim", "log_file", "-"),
             etcd_timeout=self.seconds("etcd", "timeout", 5.0, zero=False),
             # v2 sends no progress notifications: a quiet v2 watch is not a dead one.
+            # v3: after sending a watch events, etcd skips its next notification, so
+            # a quiet watch may hear nothing for twice etcd's interval (default 10
+            # minutes, plus up to a tenth of jitter): 1,320 s.
             watch_idle_timeout=self.seconds(
                 "etcd", "watch_idle_timeout",
-                0.0 if self.choice("etcd", "api", ETCD_APIS, "v3") == "v2" else 900.0),
+                0.0 if self.choice("etcd", "api", ETCD_APIS, "v3") == "v2" else 1500.0),
             ca_file=self.readable_file("etcd", "ca_file"),
             cert_file=cert_file,
             key_file=key_file,

@@ -249,10 +249,11 @@ class Follower:
 
         @return: the watch; C{watch.done} fires with its L{WatchEnded}.
         """
-        # From the last revision seen, itself included: a revision's events may
-        # come in several messages (fragments), and a watch broken between them must
-        # not skip the rest.  Applying an event again is a no-op (the model keeps
-        # the newer or equal revision).
+        # From the last revision seen, itself included, unless the last watch had
+        # it whole (see _watch_ended): a revision's events may come in several
+        # messages (fragments), and a watch broken between them must not skip the
+        # rest.  Applying an event again is a no-op (the model keeps the newer or
+        # equal revision).
         watch = self.client.watch(
             PROTON_PREFIX,
             self._watch_from,
@@ -281,6 +282,14 @@ class Follower:
         self._set_ready()
 
     def _watch_ended(self, ended, watch):
+        complete = getattr(watch, "complete_revision", 0)
+        if complete >= self._watch_from:
+            # Every event up to it arrived whole and was applied: resume after it.
+            # Seen again, it would be sent again, and etcd skips the next progress
+            # notification of a watch it has just sent events: a quiet watch would
+            # then stay silent past its idle timeout, be ended and resumed again,
+            # over and over.
+            self._watch_from = complete + 1
         if ended.reason in ("connection_lost", "idle"):
             # Resume on the next endpoint first: this one may be the member that died.
             self.client.skip_endpoint(watch.endpoint)

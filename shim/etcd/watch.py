@@ -140,6 +140,11 @@ class Watch(object):
     @ivar done: fires exactly once, never errbacks, with a L{WatchEnded}.
     @ivar last_revision: the highest revision seen (events and progress
         notifications); before any, C{start_revision - 1}.
+    @ivar complete_revision: the highest revision whose events have all arrived:
+        that of the last event of a message that is not a fragment (etcd splits a
+        revision's events only between fragments), or of a progress notification.
+        A watch resumed after it need not see it again, and should not: etcd
+        skips the next progress notification of a watch it has just sent events.
     @ivar endpoint: the endpoint the watch is connected to, once it is.
     @ivar events_seen: how many events and progress notifications arrived.  etcd
         confirms a watch whose token or permissions it refuses and cancels it at
@@ -161,6 +166,7 @@ class Watch(object):
         self._on_event = on_event
         self._on_progress = on_progress
         self.last_revision = (int(start_revision) - 1) if start_revision else 0
+        self.complete_revision = self.last_revision
         self._idle_timeout = idle_timeout
         self._ask(prefix, prev_kv, progress_notify)
         self._call = "watch %r" % (key,)
@@ -344,13 +350,15 @@ class Watch(object):
                     log.failure("etcd {call}: on_event failed for {key} at {revision}",
                                 call=self._call, key=event.key,
                                 revision=event.mod_revision)
+            if not result.get("fragment"):
+                self.complete_revision = self.last_revision
             return
         if result.get("created"):
             self.watch_id = result.get("watch_id", 0)
             if self._from_now and header is not None:
                 revision = int(header.get("revision", 0))
                 if revision > self.last_revision:
-                    self.last_revision = revision
+                    self.last_revision = self.complete_revision = revision
             if not self.started.called:
                 self.started.callback(self)
         if result.get("canceled"):
@@ -381,6 +389,8 @@ class Watch(object):
         revision = int(header.get("revision", 0)) if header is not None else 0
         if revision > self.last_revision:
             self.last_revision = revision
+        if revision > self.complete_revision:
+            self.complete_revision = revision
         if self._on_progress is not None:
             try:
                 self._on_progress(revision)

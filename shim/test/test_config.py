@@ -72,7 +72,7 @@ class DefaultsTests(ConfigTestCase):
         self.assertEqual(config.log_format, "text")
         self.assertEqual(config.log_file, "-")
         self.assertEqual(config.etcd_timeout, 5.0)
-        self.assertEqual(config.watch_idle_timeout, 900.0)
+        self.assertEqual(config.watch_idle_timeout, 1500.0)
         self.assertIsNone(config.ca_file)
         self.assertIsNone(config.cert_file)
         self.assertIsNone(config.key_file)

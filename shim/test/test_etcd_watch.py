@@ -147,6 +147,28 @@ class WatchMessageTests(SynchronousTestCase):
         self.assertEqual(self.progress, [12])
         self.assertEqual(self.watch.last_revision, 12)
 
+    def test_complete_revision(self):
+        """
+        complete_revision moves to the last event of a message that is not a
+        fragment, and to a progress notification's revision; the fragments before
+        the last one of a response leave it where it was.
+        """
+        self.assertEqual(self.watch.complete_revision, 4)
+        self.feed({"header": {"revision": "9"}, "created": True})
+
+        def event(revision, key="/p/a"):
+            return {"kv": {"key": b64(key), "value": b64("1"),
+                           "mod_revision": str(revision)}}
+        self.feed({"header": {"revision": "9"}, "events": [event(5), event(6)]})
+        self.assertEqual(self.watch.complete_revision, 6)
+        self.feed({"header": {"revision": "9"}, "fragment": True,
+                   "events": [event(7), event(8, "/p/b")]})
+        self.assertEqual((self.watch.last_revision, self.watch.complete_revision), (8, 6))
+        self.feed({"header": {"revision": "9"}, "events": [event(8, "/p/c")]})
+        self.assertEqual(self.watch.complete_revision, 8)
+        self.feed({"header": {"revision": "12"}})
+        self.assertEqual(self.watch.complete_revision, 12)
+
     def test_compacted(self):
         self.feed({"header": {}, "created": True},
                   {"header": {}, "canceled": True, "compact_revision": "8"})

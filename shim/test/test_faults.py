@@ -369,6 +369,34 @@ class CutTests(FaultTestCase):
         yield self.assert_model_is_etcd(shim)
 
 
+    @inlineCallbacks
+    def test_quiet_watch_after_an_idle_restart(self):
+        """
+        After sending a watch events, etcd skips its next progress notification, so
+        a quiet watch may hear nothing for two of etcd's intervals (1 s here, plus
+        a tenth of jitter): with a shorter idle timeout it is ended once.  Resumed
+        after the last revision it had whole, not from it, the new watch is sent
+        nothing again, gets the next notification and lives on; resumed from it,
+        it was sent that revision again, and so on every time.
+        """
+        etcd = start_etcd(self)
+        self.connect([etcd.client_url])
+        shim = yield ShimRunner(self, [etcd.client_url]).start(
+            RecordingBackend(), extra="[etcd]\nwatch_idle_timeout = 1.5")
+        yield self.make_vpn()
+        yield self.make_port("p1")
+        # etcd moves on outside /proton/: only a progress notification tells the shim
+        elsewhere = yield self.client.put("/elsewhere", b"x")
+        yield wait_for(lambda: shim.revision >= elsewhere.revision, timeout=20,
+                       what="a progress notification past the last event")
+        idle = lambda: shim.metrics.registry.get_sample_value(
+            "shim_watch_restarts_total", {"reason": "idle"}) or 0
+        restarts = idle()
+        yield sleep(4.0)
+        self.assertEqual(idle(), restarts)
+        self.assertTrue(shim.ready)
+
+
 class StartTests(FaultTestCase):
     @inlineCallbacks
     def test_etcd_not_there_yet(self):
