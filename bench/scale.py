@@ -227,7 +227,8 @@ class LagWatch:
     How late the reactor runs a call due every millisecond: the longest turn, and
     the turns over 5 ms, since the last look.  Of each late turn it also tells
     whether the process was on a CPU for less than half of it: then it was not
-    busy with its own work but waiting for a CPU the machine gave to others.
+    busy with its own work but waiting, for a CPU the machine gave to others or
+    in a blocking call.
     """
 
     def __init__(self, reactor):
@@ -457,7 +458,11 @@ class EtcdProbe:
     to etcd or not: its garbage collections (etcd runs with C{GODEBUG=gctrace=1},
     whose lines in its log say when each began, as seconds since the process
     started, and how long its marking took) and its slow disk writes (the WAL
-    fsync and backend commit histograms of its C{/metrics}).
+    fsync and backend commit histograms of its C{/metrics}; the test harness
+    starts etcd 3.5 with C{--unsafe-no-fsync}, which leaves no fsync to count).
+    A collection's wall time is known to about 10-20 ms (the process's start in
+    clock ticks, and the Go runtime's own start after it): a sample at the edge
+    of a collection may be put on the wrong side.
     """
 
     GC_LINE = re.compile(

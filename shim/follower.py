@@ -13,8 +13,8 @@ were read at), which may return a Deferred: the follower waits for it.  Walks ov
 the whole model run a slice per reactor turn (L{shim.turns}), so that a snapshot
 of a million objects never holds binds up.
 
-When the watch ends it is resumed from the last revision seen, with backoff while
-etcd cannot be reached.  It reads everything again (a full resynchronisation, not
+When the watch ends it is resumed from the last revision seen (after it, when the
+watch had that revision's events whole), with backoff while etcd cannot be reached.  It reads everything again (a full resynchronisation, not
 ready meanwhile) when the watch fell behind etcd's compaction (or v2's 1000-event
 window), when a watch message was too large to take, and when etcd's cluster id
 changed; then the sink first hears C{sink.cluster_changed()} and drops its queued
@@ -245,7 +245,8 @@ class Follower:
 
     def _follow(self):
         """
-        Watch C{/proton/} from the revision after the last one seen.
+        Watch C{/proton/} from the last revision seen (after it, when the last
+        watch had its events whole).
 
         @return: the watch; C{watch.done} fires with its L{WatchEnded}.
         """

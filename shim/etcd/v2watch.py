@@ -22,7 +22,8 @@ Two traits of etcd's v2 watcher hub shape it:
     once if such an event is in its history, else when the next one happens; a
     healthy stream delivers that event too.  If the stream has not delivered it
     C{probe_interval} seconds later, the watcher was dropped: the watch ends with
-    C{"connection_lost"} and the caller resumes from C{last_revision + 1}.  On a
+    C{"connection_lost"} and the caller resumes (the follower from C{last_revision},
+    itself included: a v2 watch never moves C{complete_revision}).  On a
     quiet directory this holds one idle long-poll open per watch.
   - etcd keeps the last 1000 events only (of the whole store, not of this
     directory): an older index is "event index cleared", which ends the watch with

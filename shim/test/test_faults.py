@@ -334,7 +334,6 @@ class CutTests(FaultTestCase):
         self.assertEqual(shim.model.ports["kept"].binding, BOUND)
         yield self.assert_model_is_etcd(shim)
 
-
     @inlineCallbacks
     def test_stalled_network(self):
         """
@@ -374,25 +373,33 @@ class CutTests(FaultTestCase):
         """
         After sending a watch events, etcd skips its next progress notification, so
         a quiet watch may hear nothing for two of etcd's intervals (1 s here, plus
-        a tenth of jitter): with a shorter idle timeout it is ended once.  Resumed
-        after the last revision it had whole, not from it, the new watch is sent
-        nothing again, gets the next notification and lives on; resumed from it,
-        it was sent that revision again, and so on every time.
+        a tenth of jitter).  A watch ended once (here by a stall past its 1.8 s
+        idle timeout) resumes after the last revision it had whole, not from it:
+        sent nothing again, it gets the next notification within 1.1 s and lives
+        on.  Resumed from it, it was sent that revision again, heard nothing for
+        2 s or more, and was ended again, every time.
         """
         etcd = start_etcd(self)
         self.connect([etcd.client_url])
-        shim = yield ShimRunner(self, [etcd.client_url]).start(
-            RecordingBackend(), extra="[etcd]\nwatch_idle_timeout = 1.5")
+        proxy = FaultProxy(("127.0.0.1", etcd.client_port)).start()
+        self.addCleanup(proxy.stop)
+        shim = yield ShimRunner(self, [proxy.url]).start(
+            RecordingBackend(), extra="[etcd]\ntimeout = 2\nwatch_idle_timeout = 1.8")
         yield self.make_vpn()
         yield self.make_port("p1")
-        # etcd moves on outside /proton/: only a progress notification tells the shim
-        elsewhere = yield self.client.put("/elsewhere", b"x")
-        yield wait_for(lambda: shim.revision >= elsewhere.revision, timeout=20,
-                       what="a progress notification past the last event")
+        yield self.settled(shim)
         idle = lambda: shim.metrics.registry.get_sample_value(
             "shim_watch_restarts_total", {"reason": "idle"}) or 0
         restarts = idle()
-        yield sleep(4.0)
+        proxy.pause()
+        yield wait_for(lambda: idle() > restarts, what="the watchdog to end the watch")
+        # etcd moves on outside /proton/: only a progress notification tells the shim
+        elsewhere = yield self.client.put("/elsewhere", b"x")
+        proxy.resume()
+        yield wait_for(lambda: shim.revision >= elsewhere.revision, timeout=20,
+                       what="a progress notification past the last event")
+        restarts = idle()
+        yield sleep(5.0)
         self.assertEqual(idle(), restarts)
         self.assertTrue(shim.ready)
 
