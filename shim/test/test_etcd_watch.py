@@ -14,6 +14,7 @@ from shim.etcd import (
     AuthFailed, ConnectionFailed, MessageTooLarge, WatchEvent, WatchStreamParser)
 from shim.etcd import watch as watch_module
 from shim.etcd.watch import LineTooLarge, Watch
+from shim.etcd.wire import WatchEnded
 from shim.test.etcdserver import EtcdServerMixin, b64, refused_url
 from shim.test.support import check_watch_too_large, wait_for
 
@@ -378,3 +379,33 @@ class WatchTests(EtcdServerMixin, TestCase):
         ended = yield watch.stop()
         self.assertEqual(ended, (("stopped", None, None)))
         self.assertIs((yield watch.stop()), ended)
+
+
+class FollowerResumeTests(SynchronousTestCase):
+    """
+    Where the follower resumes a watch that ended: after the last revision the
+    watch had whole, or from the last one seen when it was cut between fragments.
+    """
+
+    def setUp(self):
+        from shim.follower import Follower
+        from shim.metrics import Metrics
+        from shim.model import Model
+        self.follower = Follower(None, Model(), None, task.Clock(), Metrics())
+
+    def ended(self, seen, complete):
+        # the follower's state after an event at revision `seen`
+        follower = self.follower
+        follower.revision = follower._watch_from = seen
+
+        class Ended:
+            endpoint = None
+            complete_revision = complete
+        follower._watch_ended(WatchEnded("stopped", None, None), Ended())
+        return follower._watch_from
+
+    def test_whole(self):
+        self.assertEqual(self.ended(seen=7, complete=7), 8)
+
+    def test_cut_between_fragments(self):
+        self.assertEqual(self.ended(seen=8, complete=7), 8)
