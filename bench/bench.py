@@ -111,10 +111,15 @@ def rss_kib(field="VmRSS"):
     return 0
 
 
+def proc_stat(pid):
+    """The fields of C{/proc/<pid>/stat} after the command's name (state first)."""
+    with open("/proc/%d/stat" % (pid,)) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid):
     """User and system CPU seconds used so far by process C{pid}."""
-    with open("/proc/%d/stat" % (pid,)) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
 
 

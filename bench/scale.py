@@ -516,8 +516,7 @@ class EtcdProbe:
 
 def process_started(pid):
     """A process's start on the wall clock (to the kernel's clock tick)."""
-    with open("/proc/%d/stat" % (pid,)) as f:
-        ticks = int(f.read().rpartition(")")[2].split()[19])
+    ticks = int(bench.proc_stat(pid)[19])
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
     return time.time() - uptime + ticks / float(os.sysconf("SC_CLK_TCK"))
