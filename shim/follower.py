@@ -14,11 +14,11 @@ the whole model run a slice per reactor turn (L{shim.turns}), so that a snapshot
 of a million objects never holds binds up.
 
 When the watch ends it is resumed from the last revision seen (after it, when the
-watch had that revision's events whole), with backoff while etcd cannot be reached.  It reads everything again (a full resynchronisation, not
-ready meanwhile) when the watch fell behind etcd's compaction (or v2's 1000-event
-window), when a watch message was too large to take, and when etcd's cluster id
-changed; then the sink first hears C{sink.cluster_changed()} and drops its queued
-work.  A full resynchronisation begins with C{sink.snapshot_started()}: nothing is
+watch had that revision's events whole), with backoff while etcd cannot be reached.
+It reads everything again (a full resynchronisation, not ready meanwhile) when the
+watch fell behind etcd's compaction (or v2's 1000-event window), when a watch
+message was too large to take, and when etcd's cluster id changed; then the sink
+first hears C{sink.cluster_changed()} and drops its queued work.  A full resynchronisation begins with C{sink.snapshot_started()}: nothing is
 decided on a half-read model.  A periodic resynchronisation runs beside the live watch: readiness does not
 change and changes keep flowing while it reads.
 
@@ -283,7 +283,7 @@ class Follower:
         self._set_ready()
 
     def _watch_ended(self, ended, watch):
-        complete = getattr(watch, "complete_revision", 0)
+        complete = watch.complete_revision
         if complete >= self._watch_from:
             # Every event up to it arrived whole and was applied: resume after it.
             # Seen again, it would be sent again, and etcd skips the next progress
