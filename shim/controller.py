@@ -30,7 +30,7 @@ C{delete_service}).
 
 import sys
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from shim import bindresult, portstate
@@ -174,6 +174,9 @@ class Controller:
         self.queue = queue_factory(self._reconcile)
         #: True while a full snapshot is being applied.
         self.snapshotting = False
+        self._full_read = False
+        # The result keys read by the last full read, until the watch opens.
+        self._precreate_after = None
         self._results_seen = NameSet()
         #: Whether result keys are created as {} when ports appear: a work-around
         #: for the wait-index bug of proton's v2 client (docs/real-proton.md).  Over
@@ -271,6 +274,7 @@ class Controller:
         """
         if full:
             self.snapshotting = True
+        self._full_read = full
         self._results_seen = NameSet()
 
     def snapshot_results(self, kvs, restore):
@@ -327,7 +331,9 @@ class Controller:
         port the backend holds as bound, is reconciled (refused and failed binds
         tried again, missing or foreign results repaired), by a sweep behind the
         ports that changes mark.  The walks over the model run a slice per reactor
-        turn.
+        turn.  Over v2, the result keys the read found missing are created too:
+        beside a live watch at once, after a full read once the watch is open
+        (L{watching}).
 
         @param first: whether it was the first since start-up (or a takeover).
         @param revision: the revision the snapshot read the results at: a result
@@ -339,7 +345,6 @@ class Controller:
         self._rejected.clear()
         writer = self.writer
         told = self.told
-        ports = self.model.ports
 
         def missing(uuid):
             if uuid in told and uuid not in seen and uuid not in writer.pending:
@@ -351,14 +356,39 @@ class Controller:
 
         yield walk(self.clock, self._told_names(), missing)
         if self.precreate_results:
-            def precreate(uuid):
-                if uuid not in seen and uuid in ports:
-                    writer.precreate(uuid)
-
-            yield walk(self.clock, self.model.names(self.schema.port), precreate)
-        seen.clear()
+            # The result keys found missing are created once the watch is open
+            # (after a full read) or at once (beside a live watch).
+            self._precreate_after = seen
+            if not self._full_read:
+                yield self.watching()
+        else:
+            seen.clear()
         self.queue.sweep_all(self._sweep(self.model.names(self.schema.port),
                                          self._told_names()))
+
+    def watching(self):
+        """
+        The watch that follows a full read is open: over v2, create the result key
+        (as C{{}}) of each port the read found without one.  Not sooner: etcd's v2
+        history holds 1000 events of its whole store, and these writes would push
+        the watch's start out of it (see L{shim.service.ShimService.watching}).
+        Stops early when a full read begins meanwhile (the next one finds them).
+
+        @return: a Deferred firing when every key missing was asked for.
+        """
+        seen, self._precreate_after = self._precreate_after, None
+        if seen is None:
+            return succeed(None)
+        writer = self.writer
+        ports = self.model.ports
+
+        def precreate(uuid):
+            if uuid not in seen and uuid in ports and not self.snapshotting:
+                writer.precreate(uuid)
+
+        done = walk(self.clock, self.model.names(self.schema.port), precreate)
+        done.addBoth(lambda outcome: (seen.clear(), outcome)[1])
+        return done
 
     def _sweep(self, port_names, told_names):
         """

@@ -18,9 +18,13 @@ watch had that revision's events whole), with backoff while etcd cannot be reach
 It reads everything again (a full resynchronisation, not ready meanwhile) when the
 watch fell behind etcd's compaction (or v2's 1000-event window), when a watch
 message was too large to take, and when etcd's cluster id changed; then the sink
-first hears C{sink.cluster_changed()} and drops its queued work.  A full resynchronisation begins with C{sink.snapshot_started()}: nothing is
-decided on a half-read model.  A periodic resynchronisation runs beside the live watch: readiness does not
-change and changes keep flowing while it reads.
+first hears C{sink.cluster_changed()} and drops its queued work. A full
+resynchronisation begins with C{sink.snapshot_started()}: nothing is decided on a
+half-read model, and the sink hears C{sink.watching()} once the watch that follows
+it is open: the writes the read calls for wait for that (over v2, etcd keeps 1000
+events of its whole store, and the watch starts from the read's index). A periodic
+resynchronisation runs beside the live watch: readiness does not change and changes
+keep flowing while it reads.
 
 The follower does not know whether it talks to etcd's v2 or v3 API: both clients
 offer the same calls.
@@ -281,6 +285,8 @@ class Follower:
             self.request_resync("cluster_changed", full=True)
             return
         self._set_ready()
+        # The work the read calls for waits for this (see ShimService.watching).
+        self.sink.watching()
 
     def _watch_ended(self, ended, watch):
         complete = watch.complete_revision

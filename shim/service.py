@@ -93,6 +93,8 @@ class ShimService(Service):
         self._looked_elsewhere = False
         self._looking = None
         self._frozen = False
+        # After a full read the queue waits for the watch that follows it (watching).
+        self._until_watching = False
         self.writer = self.results = ResultWriter(
             self.client, self.schema, config.controller_name, reactor, self.metrics,
             acting=self.acting, fence=self._fence,
@@ -137,6 +139,7 @@ class ShimService(Service):
     def snapshot_started(self, full=True):
         if full:
             self.queue.pause()
+            self._until_watching = True
         self.controller.snapshot_started(full)
 
     def snapshot_results(self, kvs, restore):
@@ -158,6 +161,24 @@ class ShimService(Service):
             gc.freeze()
             # The snapshot's pages are freed: give the heap they took back.
             release_free_memory()
+        if not self._until_watching:
+            self._resume_work()
+
+    def watching(self):
+        """
+        The watch that follows a full read is open at etcd: the writes the read
+        calls for (the sweep's, and over v2 the result keys created as C{{}}) go
+        from now on.  Over v2 etcd keeps the last 1000 events of its whole store,
+        and a watch from the read's index opened after more writes than that is
+        answered "event index cleared": written sooner, the shim's own writes
+        would have it read everything again, and again for as long as they last.
+        """
+        if self._until_watching:
+            self._until_watching = False
+            self.controller.watching()
+            self._resume_work()
+
+    def _resume_work(self):
         if self.acting() and self.running:
             self.queue.resume()
 

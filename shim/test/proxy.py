@@ -57,6 +57,8 @@ class _Downstream(protocol.Protocol):
         self.proxy = proxy
         self.upstream = None
         self._held = []
+        # a request held back (FaultProxy.hold_requests) until this call runs
+        self._holding = None
 
     def connectionMade(self):
         self.proxy._connections.add(self)
@@ -69,22 +71,38 @@ class _Downstream(protocol.Protocol):
         self.upstream = upstream
         if self.proxy.paused:
             upstream.transport.pauseProducing()
+        if self._holding is None:
+            self._forward_held()
+
+    def _forward_held(self):
         held, self._held = self._held, []
         for data in held:
-            upstream.transport.write(data)
+            self.upstream.transport.write(data)
+
+    def _release(self):
+        self._holding = None
+        if self.upstream is not None:
+            self._forward_held()
 
     def upstream_lost(self):
         if self.transport.connected:
             self.transport.loseConnection()
 
     def dataReceived(self, data):
-        if self.upstream is None:
+        marker = self.proxy.held_marker
+        if self._holding is None and marker is not None and marker in data:
+            self._holding = self.proxy.reactor.callLater(
+                self.proxy.held_for, self._release)
+        if self.upstream is None or self._holding is not None:
             self._held.append(data)
         else:
             self.upstream.transport.write(data)
 
     def connectionLost(self, reason):
         self.proxy._connections.discard(self)
+        if self._holding is not None:
+            self._holding.cancel()
+            self._holding = None
         if self.upstream is not None:
             self.upstream.transport.loseConnection()
 
@@ -122,6 +140,8 @@ class FaultProxy(protocol.Factory):
         self.target = target
         self.port = port or free_port()
         self.paused = False
+        self.held_marker = None
+        self.held_for = 0
         self.accepted = 0
         self._connections = set()
         self._listening = None
@@ -168,6 +188,16 @@ class FaultProxy(protocol.Factory):
         self.paused = False
         for connection in list(self._connections):
             connection.resume()
+
+    def hold_requests(self, marker, seconds):
+        """
+        Hold each request whose bytes contain C{marker} (and what follows it on
+        its connection) for C{seconds} before forwarding it: an etcd slow to
+        answer one kind of request, say a watch (C{b"wait=true"} over v2).
+        C{None} stops holding new ones.
+        """
+        self.held_marker = marker
+        self.held_for = seconds
 
     def stop(self):
         """Drop everything and close the port, for a test's cleanup."""

@@ -14,7 +14,7 @@ L{shim.test.proxy.FaultProxy}.  Waits are liveness bounds, never speed targets.
 
 import json
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -194,6 +194,49 @@ class V2FaultTestCase(TestCase):
     def resyncs(self, shim, cause):
         return shim.metrics.registry.get_sample_value(
             "shim_resyncs_total", {"cause": cause})
+
+
+class StartTests(V2FaultTestCase):
+
+    @inlineCallbacks
+    def test_own_writes_wait_for_the_watch(self):
+        """
+        Over v2 the shim creates the result key of each port it found without one
+        (as C{{}}), and etcd keeps only the last 1000 events of its whole store.  A
+        watch that starts after more of them than that since the snapshot's index
+        is answered "event index cleared", and the shim reads everything again.
+        So the shim writes nothing after a full read until its watch is open:
+        here the watch's request is held 1.5 s on its way to etcd, and 1200 result
+        keys wait for it, without pushing the watch's start out of the window.
+        """
+        etcd = start_etcd(self, extra_args=V2_ARGS)
+        self.connect([etcd.client_url])
+        ports = ["p%04d" % (i,) for i in range(1200)]
+        for first in range(0, len(ports), 100):
+            yield gatherResults([
+                self.proton.put_object(self.schema.port, uuid,
+                                       port_row(self.schema, uuid))
+                for uuid in ports[first:first + 100]])
+        proxy = FaultProxy(("127.0.0.1", etcd.client_port)).start()
+        self.addCleanup(proxy.stop)
+        proxy.hold_requests(b"wait=true", 1.5)
+        shim = yield self.start_shim([proxy.url], RecordingBackend())
+        proxy.hold_requests(None, 0)
+
+        @inlineCallbacks
+        def created():
+            found = yield self.client.get_all(self.schema.result_prefix)
+            return len(found.kvs) == len(ports)
+        yield wait_for(created, timeout=60, what="every port's result key")
+        yield self.settled(shim)
+        found = yield self.client.get_all(self.schema.result_prefix)
+        self.assertEqual({kv.value for kv in found.kvs}, {b"{}"})
+        self.assertEqual(self.resyncs(shim, "compacted"), 0)
+        self.assertEqual(self.resyncs(shim, "start"), 1)
+
+
+class StartGluon1Tests(StartTests):
+    schema = GLUON_1
 
 
 class KillTests(V2FaultTestCase):

@@ -432,6 +432,8 @@ class Run:
             self.unsynchronised.add((name, cause))
         else:
             self.unsynchronised.discard((name, cause))
+            # The watch that follows the read is open (the test is the watch).
+            self.services[name].watching()
 
     @staticmethod
     def counted_by(service):

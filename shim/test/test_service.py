@@ -9,6 +9,7 @@ from twisted.trial.unittest import TestCase
 from shim import keys
 from shim.portstate import BOUND, INUSE, UNBOUND
 from shim.test.etcdserver import start_etcd
+from shim.test.proxy import FaultProxy
 from shim.test.support import (
     VIF,
     RecordingBackend,
@@ -397,6 +398,34 @@ class RestartTests(ServiceTestCase):
         self.assertEqual(result, {})
         result = yield read_result(self.client, "gone-while-down")
         self.assertIsNone(result)
+
+
+    @inlineCallbacks
+    def test_work_after_a_read_waits_for_the_watch(self):
+        """
+        The work a start-up read calls for (here, a bind asked while no shim ran)
+        begins once the watch that follows the read is open, not before: the
+        watch's request is held 1 s on its way to etcd.
+        """
+        yield self.make_vpn()
+        yield self.make_port("p1", host="compute1", device="vm1")
+        proxy = FaultProxy(("127.0.0.1", self.etcd.client_port)).start()
+        self.addCleanup(proxy.stop)
+        proxy.hold_requests(b"/v3/watch", 1.0)
+        backend = RecordingBackend()
+        ready_when_called = []
+
+        def bind_port(*args):
+            ready_when_called.append(shim.ready)
+            return dict(VIF)
+        backend.answers["bind_port"] = bind_port
+        shim = yield ShimRunner(self, [proxy.url]).start(backend, wait=False)
+        yield wait_for(lambda: backend.calls, what="the bind asked while down")
+        proxy.hold_requests(None, 0)
+        self.assertEqual(ready_when_called, [True])
+        yield self.settled(shim)
+        result = yield read_result(self.client, "p1")
+        self.assertEqual(result["controller"], "SimServer")
 
 
 class TwoShimTests(ServiceTestCase):
