@@ -174,8 +174,7 @@ class Controller:
         self.queue = queue_factory(self._reconcile)
         #: True while a full snapshot is being applied.
         self.snapshotting = False
-        self._full_read = False
-        # The result keys read by the last full read, until the watch opens.
+        # The result keys a full read found (over v2), until its watch opens.
         self._precreate_after = None
         self._results_seen = NameSet()
         #: Whether result keys are created as {} when ports appear: a work-around
@@ -274,7 +273,6 @@ class Controller:
         """
         if full:
             self.snapshotting = True
-        self._full_read = full
         self._results_seen = NameSet()
 
     def snapshot_results(self, kvs, restore):
@@ -325,7 +323,7 @@ class Controller:
             self._restore(ours)
 
     @inlineCallbacks
-    def snapshot_applied(self, first, revision=None):
+    def snapshot_applied(self, first, revision=None, full=True):
         """
         A snapshot has been applied to the model: every port on our hosts, and every
         port the backend holds as bound, is reconciled (refused and failed binds
@@ -338,10 +336,13 @@ class Controller:
         @param first: whether it was the first since start-up (or a takeover).
         @param revision: the revision the snapshot read the results at: a result
             written after it is newer than the snapshot, not missing from it.
+        @param full: whether it was a full read (the watch stopped), not a read
+            beside the live watch.
         @return: a Deferred firing when the sweep is queued.
         """
         seen, self._results_seen = self._results_seen, NameSet()
-        self.snapshotting = False
+        if full:
+            self.snapshotting = False
         self._rejected.clear()
         writer = self.writer
         told = self.told
@@ -359,7 +360,7 @@ class Controller:
             # The result keys found missing are created once the watch is open
             # (after a full read) or at once (beside a live watch).
             self._precreate_after = seen
-            if not self._full_read:
+            if not full:
                 yield self.watching()
         else:
             seen.clear()
@@ -372,7 +373,7 @@ class Controller:
         (as C{{}}) of each port the read found without one.  Not sooner: etcd's v2
         history holds 1000 events of its whole store, and these writes would push
         the watch's start out of it (see L{shim.service.ShimService.watching}).
-        Stops early when a full read begins meanwhile (the next one finds them).
+        A port is skipped while a full read runs (the read finds it again).
 
         @return: a Deferred firing when every key missing was asked for.
         """

@@ -8,8 +8,8 @@ checked and decoded at once: bad input is logged with its key and revision, coun
 and skipped.  Every change applied to the model is handed to the sink
 (C{sink.changed(table, name, prev, obj)}).  A snapshot's bind results are handed
 on page by page (C{sink.snapshot_results(kvs, restore)}), and after each snapshot
-the sink hears C{sink.snapshot_applied(first, revision)} (the revision the results
-were read at), which may return a Deferred: the follower waits for it.  Walks over
+the sink hears C{sink.snapshot_applied(first, revision, full)} (the revision the
+results were read at; whether the watch was stopped for it), which may return a Deferred: the follower waits for it.  Walks over
 the whole model run a slice per reactor turn (L{shim.turns}), so that a snapshot
 of a million objects never holds binds up.
 
@@ -20,9 +20,9 @@ watch fell behind etcd's compaction (or v2's 1000-event window), when a watch
 message was too large to take, and when etcd's cluster id changed; then the sink
 first hears C{sink.cluster_changed()} and drops its queued work. A full
 resynchronisation begins with C{sink.snapshot_started()}: nothing is decided on a
-half-read model, and the sink hears C{sink.watching()} once the watch that follows
-it is open: the writes the read calls for wait for that (over v2, etcd keeps 1000
-events of its whole store, and the watch starts from the read's index). A periodic
+half-read model, and the writes it calls for wait for the watch that follows it:
+the sink hears C{sink.watching()} each time a watch is open (over v2, etcd keeps
+1000 events of its whole store, and the watch starts from the read's index). A periodic
 resynchronisation runs beside the live watch: readiness does not change and changes
 keep flowing while it reads.
 
@@ -468,7 +468,7 @@ class Follower:
         # The snapshot holds all of its revision: watch from the next one.
         self._watch_from = revision + 1
         self.synchronised = True
-        yield self.sink.snapshot_applied(first or restore, results_at)
+        yield self.sink.snapshot_applied(first or restore, results_at, full=True)
         self.last_resync = (self.reactor.seconds(), cause)
         self.log.info(
             "synchronised ({cause}): {objects} objects at revision {revision} in "
@@ -497,7 +497,7 @@ class Follower:
                 self._restore = self._restore or restore
                 raise
             if self.running:
-                yield self.sink.snapshot_applied(restore, results_at)
+                yield self.sink.snapshot_applied(restore, results_at, full=False)
                 self.last_resync = (self.reactor.seconds(), cause)
                 self.log.info(
                     "resynchronised beside the watch ({cause}): {objects} objects at "

@@ -146,12 +146,12 @@ class ShimService(Service):
         self.controller.snapshot_results(kvs, restore)
 
     @inlineCallbacks
-    def snapshot_applied(self, first, revision=None):
+    def snapshot_applied(self, first, revision=None, full=True):
         if (first and self._own_client and not self._looked_elsewhere
                 and not any(self.model.counts().values())):
             self._looked_elsewhere = True
             self._looking = self._look_at_other_api()
-        yield self.controller.snapshot_applied(first, revision)
+        yield self.controller.snapshot_applied(first, revision, full)
         if first and not self._frozen and sum(self.model.counts().values()) >= FREEZE_AT:
             # The model read at start-up lives as long as the process: moved out of
             # the collector's generations, a full collection no longer walks millions
@@ -166,8 +166,8 @@ class ShimService(Service):
 
     def watching(self):
         """
-        The watch that follows a full read is open at etcd: the writes the read
-        calls for (the sweep's, and over v2 the result keys created as C{{}}) go
+        A watch is open at etcd (after a full read, or resumed).  After a full
+        read, the writes it calls for (the sweep's, and over v2 the result keys created as C{{}}) go
         from now on.  Over v2 etcd keeps the last 1000 events of its whole store,
         and a watch from the read's index opened after more writes than that is
         answered "event index cleared": written sooner, the shim's own writes
@@ -175,7 +175,9 @@ class ShimService(Service):
         """
         if self._until_watching:
             self._until_watching = False
-            self.controller.watching()
+            self.controller.watching().addErrback(
+                lambda failure: self.log.failure(
+                    "creating the missing result keys failed", failure))
             self._resume_work()
 
     def _resume_work(self):

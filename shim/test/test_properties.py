@@ -424,7 +424,10 @@ class Run:
         service.writer.stop()
 
     def _synchronise(self, name, cause):
-        d = self.services[name].follower._synchronise(cause)
+        service = self.services[name]
+        d = service.follower._synchronise(cause)
+        # The watch that follows the read is open (the test is the watch).
+        d.addCallback(lambda _: service.watching())
         failures = []
         d.addErrback(failures.append)
         if failures:
@@ -432,8 +435,6 @@ class Run:
             self.unsynchronised.add((name, cause))
         else:
             self.unsynchronised.discard((name, cause))
-            # The watch that follows the read is open (the test is the watch).
-            self.services[name].watching()
 
     @staticmethod
     def counted_by(service):

@@ -399,7 +399,6 @@ class RestartTests(ServiceTestCase):
         result = yield read_result(self.client, "gone-while-down")
         self.assertIsNone(result)
 
-
     @inlineCallbacks
     def test_work_after_a_read_waits_for_the_watch(self):
         """
