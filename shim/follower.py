@@ -6,23 +6,23 @@ one revision, applies them to the model, and watches C{/proton/} from the next
 revision, so that no change between the read and the watch is lost.  Each value is
 checked and decoded at once: bad input is logged with its key and revision, counted
 and skipped.  Every change applied to the model is handed to the sink
-(C{sink.changed(table, name, prev, obj)}).  A snapshot's bind results are handed
-on page by page (C{sink.snapshot_results(kvs, restore)}), and after each snapshot
-the sink hears C{sink.snapshot_applied(first, revision, full)} (the revision the
-results were read at; whether the watch was stopped for it), which may return a Deferred: the follower waits for it.  Walks over
-the whole model run a slice per reactor turn (L{shim.turns}), so that a snapshot
-of a million objects never holds binds up.
+(C{sink.changed(table, name, prev, obj)}).  A snapshot's bind results are handed on
+page by page (C{sink.snapshot_results(kvs, restore)}), and after each snapshot the
+sink hears C{sink.snapshot_applied(first, revision, full)} (the revision the results
+were read at; whether the watch was stopped for it), which may return a Deferred:
+the follower waits for it.  Walks over the whole model run a slice per reactor turn
+(L{shim.turns}), so that a snapshot of a million objects never holds binds up.
 
 When the watch ends it is resumed from the last revision seen (after it, when the
 watch had that revision's events whole), with backoff while etcd cannot be reached.
 It reads everything again (a full resynchronisation, not ready meanwhile) when the
 watch fell behind etcd's compaction (or v2's 1000-event window), when a watch
 message was too large to take, and when etcd's cluster id changed; then the sink
-first hears C{sink.cluster_changed()} and drops its queued work. A full
+first hears C{sink.cluster_changed()} and drops its queued work.  A full
 resynchronisation begins with C{sink.snapshot_started()}: nothing is decided on a
-half-read model, and the writes it calls for wait for the watch that follows it:
-the sink hears C{sink.watching()} each time a watch is open (over v2, etcd keeps
-1000 events of its whole store, and the watch starts from the read's index). A periodic
+half-read model, and the writes it calls for wait for the watch that follows it: the
+sink hears C{sink.watching()} each time a watch is open (over v2, etcd keeps 1000
+events of its whole store, and the watch starts from the read's index).  A periodic
 resynchronisation runs beside the live watch: readiness does not change and changes
 keep flowing while it reads.
 
