@@ -24,7 +24,9 @@ half-read model, and the writes it calls for wait for the watch that follows it:
 sink hears C{sink.watching()} each time a watch is open (over v2, etcd keeps 1000
 events of its whole store, and the watch starts from the read's index).  A periodic
 resynchronisation runs beside the live watch: readiness does not change and changes
-keep flowing while it reads.
+keep flowing while it reads.  It gives way to a full one at its next page (the two
+never hand the sink their snapshots at once), and one asked for while the watch is
+not live runs once it is.
 
 The follower does not know whether it talks to etcd's v2 or v3 API: both clients
 offer the same calls.
@@ -56,6 +58,12 @@ FATAL_AT_START = (AuthFailed, TLSFailed)
 #: if the watch really worked: a watch etcd confirmed and cancelled at once (an
 #: expired token) backs off like any failure.
 _FAILURES = ("auth", "cancelled")
+
+
+class _GaveWay(Exception):
+    """
+    A resync beside the watch ended early: a full read is to start.
+    """
 
 
 class Follower:
@@ -98,6 +106,10 @@ class Follower:
         self._periodic = None
         self._background = None
         self._tombstones = None
+        # Set when a full read needs the resync beside the watch to end.
+        self._give_way = False
+        # The cause of a resync asked for while the watch was not live.
+        self._beside_wanted = None
         self._ready_waiters = []
         self._other_apis = set()
         self._first_snapshot = True
@@ -144,15 +156,22 @@ class Follower:
         """
         Read everything from etcd again and repair any difference from the model.
 
-        A periodic or requested resync runs beside the live watch; C{full=True} (and
-        any resync before the watch is live) stops the watch and reads everything
-        before watching again.  With C{restore=True} (a takeover) the sink takes the
-        bind results read as what the backend holds.
+        A periodic or requested resync runs beside the live watch (asked for while
+        the watch is not live, once it is); C{full=True} stops the watch and reads
+        everything before watching again.  A full read does what every resync asked
+        for before it began (and a resync beside the watch gives way to it): one
+        asked for during it runs after it.  With C{restore=True} (a takeover) the
+        sink takes the bind results read as what the backend holds.
         """
         if restore:
             self._restore = True
-        if not full and self.synchronised and self.ready:
-            if self._background is None:
+        if not full:
+            if not (self.synchronised and self.ready):
+                # A full read is under way or the watch is resuming: the resync
+                # waits until the watch is live, unless a full read starting
+                # meanwhile does what it would.
+                self._beside_wanted = cause
+            elif self._background is None:
                 self._background = self._resync_beside(cause)
             return
         self._resync_cause = cause
@@ -172,6 +191,9 @@ class Follower:
                 if cause is not None:
                     yield self._synchronise(cause)
                     cause = None
+                    if self._resync_cause is not None:
+                        # Asked for while the read ran: read again.
+                        continue
                 if not self.running:
                     break
                 watch = self._follow()
@@ -287,6 +309,9 @@ class Follower:
         self._set_ready()
         # The work the read calls for waits for this (see ShimService.watching).
         self.sink.watching()
+        if self._beside_wanted is not None and self._background is None:
+            cause, self._beside_wanted = self._beside_wanted, None
+            self._background = self._resync_beside(cause)
 
     def _watch_ended(self, ended, watch):
         complete = watch.complete_revision
@@ -383,12 +408,12 @@ class Follower:
     # -- snapshots
 
     @inlineCallbacks
-    def _read(self, on_table_page, restore, pause=0):
+    def _read(self, on_table_page, on_results_page, pause=0):
         """
         Read every table and the bind results at one revision (v3; v2 reads each at
         the index it is at, and the watch starts after the oldest).  The results are
-        handed to the sink page by page, after every table: what they restore is
-        about ports the model has.
+        handed on page by page, after every table: what they restore is about ports
+        the model has.
 
         @return: C{(revision to watch after, status, objects read, revision the
             results were read at)}.
@@ -407,7 +432,7 @@ class Follower:
             oldest = read.revision if oldest is None else min(oldest, read.revision)
         results = yield self.client.get_all(
             self.schema.result_prefix, revision=revision, pause=pause,
-            on_page=lambda page: self.sink.snapshot_results(page, restore),
+            on_page=on_results_page,
             # about one result per port
             expect=len(self.model.table(self.schema.port)),
         )
@@ -424,14 +449,25 @@ class Follower:
 
         @param tombstones: beside the live watch, the deletions the watch applies
             meanwhile (C{(table, name)} to revision); C{None} for a full resync.
+            Beside the watch, each page and each deletion first checks that no
+            full read waits for this one to give way.
         @return: what L{_read} returns.
         """
         present = {table: NameSet() for table in self.schema.tables}
-        read = yield self._read(
-            lambda table, page: self._apply_page(table, page, present[table], tombstones),
-            restore, pause=pause,
-        )
-        yield self._apply_deletions(present, read[0], tombstones)
+
+        def going_on():
+            if tombstones is not None and self._give_way:
+                raise _GaveWay()
+
+        def table_page(table, page):
+            going_on()
+            self._apply_page(table, page, present[table], tombstones)
+
+        def results_page(page):
+            going_on()
+            self.sink.snapshot_results(page, restore)
+        read = yield self._read(table_page, results_page, pause=pause)
+        yield self._apply_deletions(present, read[0], going_on)
         return read
 
     @inlineCallbacks
@@ -442,6 +478,14 @@ class Follower:
         """
         started = self.reactor.seconds()
         self._set_not_ready("synchronising (%s)" % (cause,))
+        # This read does what every resync asked for so far would.
+        self._resync_cause = self._beside_wanted = None
+        if self._background is not None:
+            # A resync beside the watch ends at its next page: the two would hand
+            # the sink their results at once, and its deletions could undo this
+            # read's writes.
+            self._give_way = True
+            yield self._background
         status = yield self.client.status()
         if self.cluster_id is not None and status.cluster_id != self.cluster_id:
             # A replaced cluster numbers its revisions its own way: what is queued
@@ -486,6 +530,7 @@ class Follower:
         """
         started = self.reactor.seconds()
         self._tombstones = {}
+        self._give_way = False
         try:
             self.metrics.child(self.metrics.resyncs, cause).inc()
             self.sink.snapshot_started(full=False)
@@ -505,6 +550,11 @@ class Follower:
                     cause=cause, objects=objects, revision=revision,
                     elapsed=self.reactor.seconds() - started,
                 )
+        except _GaveWay:
+            self.log.info(
+                "the resync beside the watch ({cause}) gave way to a full "
+                "resynchronisation", cause=cause,
+            )
         except Exception as e:
             if self.running:
                 self.log.warn(
@@ -537,18 +587,20 @@ class Follower:
                     continue
             self._apply_to(table, name, PUT, kv.key, kv.value, kv.mod_revision)
 
-    def _apply_deletions(self, present, revision, tombstones):
+    def _apply_deletions(self, present, revision, going_on):
         """
         Delete each object of the model that the snapshot at C{revision} does not
         have (ports first), unless it was written after the snapshot; a slice per
-        reactor turn.
+        reactor turn, C{going_on()} called every 256 objects.
 
         @return: a Deferred firing when done.
         """
         def each_name():
             for table in reversed(self.schema.tables):
                 objects = self.model.table(table)
-                for name in self.model.names(table):
+                for n, name in enumerate(self.model.names(table)):
+                    if not n & 255:
+                        going_on()
                     yield table, objects, name
 
         def step(item):

@@ -954,3 +954,129 @@ class BindDuringResyncTests(ReconcileCase):
             len([v for _, v in history if v and v.get("controller")]), 1, history)
         self.assertNotIn(keys.result_key("p1"), reads)
         self.assertEqual(backend.calls, [("bind_port", "p1")])
+
+
+class ResyncOrderTests(ReconcileCase):
+    """
+    Resyncs asked for while another runs: a read beside the watch and a full read
+    never hand the sink their snapshots at once, and no resync asked for is lost.
+    """
+
+    @inlineCallbacks
+    def start_recording(self):
+        """
+        A shim on a L{HeldResultsClient}, with a bound port, whose sink calls about
+        snapshots are recorded in C{self.heard} as C{(call, full)}.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = load_config(write_config(directory, [self.etcd.client_url],
+                                          controller="SimServer", hosts="compute1"))
+        self.held_client = HeldResultsClient([self.etcd.client_url])
+        self.backend = RecordingBackend()
+        shim = ShimService(config, self.backend, client=self.held_client)
+        self.heard = heard = []
+        for call in ("snapshot_started", "snapshot_applied"):
+            def recorded(*args, _call=call, _original=getattr(shim, call), **kwargs):
+                heard.append((_call, kwargs.get("full", args[-1] if args else True)))
+                return _original(*args, **kwargs)
+            setattr(shim, call, recorded)
+        original_results = shim.snapshot_results
+
+        def results(kvs, restore):
+            heard.append(("snapshot_results", None))
+            return original_results(kvs, restore)
+        shim.snapshot_results = results
+        shim.startService()
+        self.addCleanup(lambda: shim.running and shim.stopService())
+        yield shim.when_ready()
+        yield self.make_vpn()
+        yield self.make_port("p1")
+        outcome = yield self.proton.bind("p1", "compute1", "vm1")
+        self.assertEqual(outcome.result["controller"], "SimServer")
+        yield self.settled(shim)
+        del heard[:]
+        return shim
+
+    def assertNotInterleaved(self, heard):
+        """
+        Between a snapshot's start and its end the sink hears only that snapshot's
+        results: C{heard} is whole C{started, results..., applied} runs, but that a
+        read beside the watch may end early when a full one starts.
+
+        @return: the runs, each C{"full"}, C{"beside"} or C{"beside, gave way"}.
+        """
+        runs, current = [], None
+        for call, full in heard:
+            if call == "snapshot_started":
+                if current is False and full:
+                    runs.append("beside, gave way")
+                else:
+                    self.assertIsNone(current, heard)
+                current = full
+            elif call == "snapshot_applied":
+                self.assertEqual(current, full, heard)
+                runs.append("full" if full else "beside")
+                current = None
+            else:
+                self.assertIsNotNone(current, heard)
+        self.assertIsNone(current, heard)
+        return runs
+
+    @inlineCallbacks
+    def test_full_read_waits_for_the_read_beside(self):
+        """
+        A full resync asked for while a periodic one reads beside the watch: the
+        periodic one gives way at its next page, and only then does the full read
+        begin.  The port's result is neither missing nor written again, and the
+        backend hears nothing more.
+        """
+        shim = yield self.start_recording()
+        client = self.held_client
+        client.gate = gate = Deferred()
+        shim.request_resync("periodic")
+        yield wait_for(lambda: client.held, what="the periodic resync's results read")
+        client.gate = None
+        shim.request_resync("requested", full=True)
+        yield wait_for(
+            lambda: shim.follower._give_way or ("snapshot_started", True) in self.heard,
+            what="the full resync to begin or to wait")
+        gate.callback(None)
+        yield wait_for(lambda: shim.ready and shim.last_resync[1] == "requested",
+                       what="the full resync")
+        yield self.settled(shim)
+        self.assertEqual(self.assertNotInterleaved(self.heard),
+                         ["beside, gave way", "full"])
+        history = yield self.history(keys.result_key("p1"))
+        self.assertEqual(
+            len([v for _, v in history if v and v.get("controller")]), 1, history)
+        self.assertEqual(self.backend.calls, [("bind_port", "p1")])
+        outcome = yield self.proton.bind("p1", "compute1", "vm2")
+        self.assertEqual(outcome.result["controller"], "SimServer")
+
+    @inlineCallbacks
+    def test_resync_asked_during_a_full_read_follows_it(self):
+        """
+        A periodic resync asked for while a full read runs is not lost, nor does
+        it wait for the watch to end: it runs beside the watch once the watch is
+        live.  The watch's next end resumes it without reading everything again.
+        """
+        shim = yield self.start_recording()
+        client = self.held_client
+        client.gate = gate = Deferred()
+        shim.request_resync("requested", full=True)
+        yield wait_for(lambda: client.held, what="the full resync's results read")
+        client.gate = None
+        shim.request_resync("periodic")
+        gate.callback(None)
+        yield wait_for(lambda: shim.last_resync and shim.last_resync[1] == "periodic",
+                       what="the periodic resync after the full one")
+        self.assertEqual(self.assertNotInterleaved(self.heard), ["full", "beside"])
+        shim.follower._watch.stop()
+        yield wait_for(lambda: not shim.ready, what="the watch to end")
+        yield wait_for(lambda: shim.ready, what="the watch to resume")
+        yield self.make_port("p2")
+        outcome = yield self.proton.bind("p2", "compute1", "vm2")
+        self.assertEqual(outcome.result["controller"], "SimServer")
+        self.assertEqual(self.assertNotInterleaved(self.heard), ["full", "beside"])
+        self.assertEqual(self.backend.calls, [("bind_port", "p1"), ("bind_port", "p2")])
