@@ -25,8 +25,8 @@ sink hears C{sink.watching()} each time a watch is open (over v2, etcd keeps 100
 events of its whole store, and the watch starts from the read's index).  A periodic
 resynchronisation runs beside the live watch: readiness does not change and changes
 keep flowing while it reads.  It gives way to a full one at its next page (the two
-never hand the sink their snapshots at once), and one asked for while the watch is
-not live runs once it is.
+never hand the sink their snapshots at once); one asked for while the watch is not
+live, or while another runs, starts once the watch is live and the other has ended.
 
 The follower does not know whether it talks to etcd's v2 or v3 API: both clients
 offer the same calls.
@@ -50,6 +50,9 @@ DELETE = "DELETE"
 #: no hurry, and etcd serving it flat out slows every bind down (two CPUs shared
 #: by etcd and the shim: binds held up to 200 ms at a million objects).
 BACKGROUND_PAUSE = 0.01
+
+#: Seconds before a failed resync that restores (a takeover's) is tried again.
+RESTORE_RETRY = 2.0
 
 #: Errors that retrying cannot mend: at start-up they stop the shim.
 FATAL_AT_START = (AuthFailed, TLSFailed)
@@ -108,8 +111,10 @@ class Follower:
         self._tombstones = None
         # Set when a full read needs the resync beside the watch to end.
         self._give_way = False
-        # The cause of a resync asked for while the watch was not live.
+        # The cause of a resync asked for while the watch was not live or
+        # another resync ran, and the next try of a failed restore.
         self._beside_wanted = None
+        self._retry = None
         self._ready_waiters = []
         self._other_apis = set()
         self._first_snapshot = True
@@ -136,6 +141,8 @@ class Follower:
             self._watch.stop()
         if self._sleep is not None:
             self._sleep.cancel()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         if self._loop is not None:
             yield self._loop
         if self._background is not None:
@@ -156,23 +163,31 @@ class Follower:
         """
         Read everything from etcd again and repair any difference from the model.
 
-        A periodic or requested resync runs beside the live watch (asked for while
-        the watch is not live, once it is); C{full=True} stops the watch and reads
-        everything before watching again.  A full read does what every resync asked
-        for before it began (and a resync beside the watch gives way to it): one
-        asked for during it runs after it.  With C{restore=True} (a takeover) the
-        sink takes the bind results read as what the backend holds.
+        A periodic or requested resync runs beside the live watch.  One asked for
+        while the watch is not live or another resync runs starts once the watch
+        is live and that one has ended, unless a full read begins meanwhile; a
+        periodic one is dropped then (the read under way, or the watch resumed
+        from its revision, misses nothing, and the next one comes).
+
+        C{full=True} stops the watch and reads everything before watching again.
+        A resync beside the watch gives way to it, and it does what every resync
+        asked for before it began: a full one asked for during it follows it.
+
+        With C{restore=True} (a takeover) the sink takes the bind results read as
+        what the backend holds; a restore that failed is tried again after
+        L{RESTORE_RETRY} seconds.
         """
         if restore:
             self._restore = True
         if not full:
-            if not (self.synchronised and self.ready):
-                # A full read is under way or the watch is resuming: the resync
-                # waits until the watch is live, unless a full read starting
-                # meanwhile does what it would.
+            if self._background is None and self.synchronised and self.ready:
+                self._start_beside(cause)
+            elif restore or cause != "periodic":
+                # Once the watch is live and the read under way has ended, unless
+                # a full read starting meanwhile does what it would.  A periodic
+                # resync is not kept: the read under way, or the watch resumed
+                # from its revision, misses nothing, and the next one comes.
                 self._beside_wanted = cause
-            elif self._background is None:
-                self._background = self._resync_beside(cause)
             return
         self._resync_cause = cause
         if self._watch is not None:
@@ -309,9 +324,7 @@ class Follower:
         self._set_ready()
         # The work the read calls for waits for this (see ShimService.watching).
         self.sink.watching()
-        if self._beside_wanted is not None and self._background is None:
-            cause, self._beside_wanted = self._beside_wanted, None
-            self._background = self._resync_beside(cause)
+        self._start_beside()
 
     def _watch_ended(self, ended, watch):
         complete = watch.complete_revision
@@ -478,14 +491,16 @@ class Follower:
         """
         started = self.reactor.seconds()
         self._set_not_ready("synchronising (%s)" % (cause,))
-        # This read does what every resync asked for so far would.
-        self._resync_cause = self._beside_wanted = None
         if self._background is not None:
             # A resync beside the watch ends at its next page: the two would hand
             # the sink their results at once, and its deletions could undo this
             # read's writes.
             self._give_way = True
             yield self._background
+            if not self.running:
+                return
+        # This read does what every resync asked for so far would.
+        self._resync_cause = self._beside_wanted = None
         status = yield self.client.status()
         if self.cluster_id is not None and status.cluster_id != self.cluster_id:
             # A replaced cluster numbers its revisions its own way: what is queued
@@ -520,6 +535,20 @@ class Follower:
             cause=cause, objects=objects, revision=revision,
             elapsed=self.reactor.seconds() - started, version=status.version,
         )
+
+    def _start_beside(self, cause=None):
+        """
+        Start a resync beside the watch, for C{cause} or the one asked for while
+        the watch was not live or another read ran, if the watch is live and no
+        other runs.
+        """
+        cause = cause or self._beside_wanted
+        if (cause is None or self._background is not None or not self.running
+                or not (self.synchronised and self.ready)):
+            return
+        # This read takes every restore asked for so far: what was wanted is done.
+        self._beside_wanted = None
+        self._background = self._resync_beside(cause)
 
     @inlineCallbacks
     def _resync_beside(self, cause):
@@ -561,9 +590,16 @@ class Follower:
                     "resynchronising ({cause}) failed: {error}; the watch goes on, "
                     "and the next resync tries again", cause=cause, error=e,
                 )
+                if self._restore:
+                    # A takeover waits for its restore: tried again soon.
+                    self._beside_wanted = cause
+                    self._retry = self.reactor.callLater(
+                        RESTORE_RETRY, self._start_beside)
         finally:
             self._tombstones = None
             self._background = None
+            # One asked for meanwhile (a takeover's) starts now.
+            self._start_beside()
 
     def _apply_page(self, table, kvs, present, tombstones):
         """

@@ -95,6 +95,9 @@ class ShimService(Service):
         self._frozen = False
         # After a full read the queue waits for the watch that follows it (watching).
         self._until_watching = False
+        # After a takeover the queue waits for a snapshot that restores the bind
+        # results as what the backend holds (snapshot_applied with first).
+        self._restore_pending = False
         self.writer = self.results = ResultWriter(
             self.client, self.schema, config.controller_name, reactor, self.metrics,
             acting=self.acting, fence=self._fence,
@@ -152,6 +155,8 @@ class ShimService(Service):
             self._looked_elsewhere = True
             self._looking = self._look_at_other_api()
         yield self.controller.snapshot_applied(first, revision, full)
+        if first:
+            self._restore_pending = False
         if first and not self._frozen and sum(self.model.counts().values()) >= FREEZE_AT:
             # The model read at start-up lives as long as the process: moved out of
             # the collector's generations, a full collection no longer walks millions
@@ -182,7 +187,7 @@ class ShimService(Service):
             self._resume_work()
 
     def _resume_work(self):
-        if self.acting() and self.running:
+        if self.acting() and self.running and not self._restore_pending:
             self.queue.resume()
 
     def cluster_changed(self):
@@ -314,6 +319,9 @@ class ShimService(Service):
             "acting for {controller} (epoch {epoch}): reconciling every port from the "
             "bind results in etcd", controller=self.config.controller_name, epoch=epoch,
         )
+        # Nothing is decided before a snapshot has restored what the backend
+        # holds, whichever read ends first meanwhile.
+        self._restore_pending = True
         if self.follower.synchronised:
             self.follower.request_resync("takeover", restore=True)
         # Else the first synchronisation restores and resumes.

@@ -33,7 +33,7 @@ from shim.etcd import EtcdClient
 from shim.etcd import watch as watch_module
 from shim.portstate import BOUND, INUSE, UNBOUND
 from shim.proton import ProtonClient, encode_object
-from shim.service import ShimService
+from shim.service import LEADER, STANDBY, ShimService
 from shim.etcd.wire import prefix_end
 from shim.test.etcdserver import b64, start_etcd
 from shim.test.proxy import FaultProxy
@@ -1057,9 +1057,9 @@ class ResyncOrderTests(ReconcileCase):
     @inlineCallbacks
     def test_resync_asked_during_a_full_read_follows_it(self):
         """
-        A periodic resync asked for while a full read runs is not lost, nor does
-        it wait for the watch to end: it runs beside the watch once the watch is
-        live.  The watch's next end resumes it without reading everything again.
+        An operator's resync asked for while a full read runs is not lost, nor
+        does it wait for the watch to end: it runs beside the watch once the watch
+        is live.  The watch's next end resumes it without reading everything again.
         """
         shim = yield self.start_recording()
         client = self.held_client
@@ -1067,10 +1067,10 @@ class ResyncOrderTests(ReconcileCase):
         shim.request_resync("requested", full=True)
         yield wait_for(lambda: client.held, what="the full resync's results read")
         client.gate = None
-        shim.request_resync("periodic")
+        shim.request_resync("admin")
         gate.callback(None)
-        yield wait_for(lambda: shim.last_resync and shim.last_resync[1] == "periodic",
-                       what="the periodic resync after the full one")
+        yield wait_for(lambda: shim.last_resync and shim.last_resync[1] == "admin",
+                       what="the operator's resync after the full one")
         self.assertEqual(self.assertNotInterleaved(self.heard), ["full", "beside"])
         shim.follower._watch.stop()
         yield wait_for(lambda: not shim.ready, what="the watch to end")
@@ -1080,3 +1080,76 @@ class ResyncOrderTests(ReconcileCase):
         self.assertEqual(outcome.result["controller"], "SimServer")
         self.assertEqual(self.assertNotInterleaved(self.heard), ["full", "beside"])
         self.assertEqual(self.backend.calls, [("bind_port", "p1"), ("bind_port", "p2")])
+
+    @inlineCallbacks
+    def test_full_resync_asked_during_a_full_read_follows_it(self):
+        """
+        A full resync asked for while a full read runs follows it at once.
+        """
+        shim = yield self.start_recording()
+        client = self.held_client
+        client.gate = gate = Deferred()
+        shim.request_resync("requested", full=True)
+        yield wait_for(lambda: client.held, what="the first full read's results")
+        client.gate = None
+        shim.request_resync("admin", full=True)
+        gate.callback(None)
+        yield wait_for(lambda: shim.ready and shim.last_resync[1] == "admin",
+                       what="the second full read")
+        self.assertEqual(self.assertNotInterleaved(self.heard), ["full", "full"])
+
+
+class TakeoverDuringResyncTests(ReconcileCase):
+    """
+    A standby elected while a resync it began as a standby still reads.
+    """
+
+    def start_shim(self, backend, client):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = load_config(write_config(directory, [self.etcd.client_url],
+                                          controller="SimServer", hosts="compute1"))
+        shim = ShimService(config, backend, client=client,
+                           election_client=EtcdClient([self.etcd.client_url]))
+        shim.startService()
+        self.addCleanup(lambda: shim.running and shim.stopService())
+        return shim
+
+    @inlineCallbacks
+    def test_takeover_waits_for_its_restore(self):
+        """
+        The standby's periodic resync took no restore: when it ends, the new
+        leader still does nothing until its takeover's own read has restored the
+        bind results as what the backend holds.  The port the old leader bound
+        is not bound again, and the new leader answers a new bind.
+        """
+        old = self.start_shim(RecordingBackend(), EtcdClient([self.etcd.client_url]))
+        yield old.when_ready()
+        yield wait_for(lambda: old.role == LEADER, what="the first shim to lead")
+        client = HeldResultsClient([self.etcd.client_url])
+        backend = RecordingBackend()
+        new = self.start_shim(backend, client)
+        yield new.when_ready()
+        self.assertEqual(new.role, STANDBY)
+        yield self.make_vpn()
+        yield self.make_port("p1")
+        outcome = yield self.proton.bind("p1", "compute1", "vm1")
+        self.assertEqual(outcome.result["controller"], "SimServer")
+        self.assertEqual(old.backend.backend.calls, [("bind_port", "p1")])
+
+        client.gate = gate = Deferred()
+        new.request_resync("periodic")
+        yield wait_for(lambda: client.held, what="the standby's periodic resync")
+        client.gate = None
+        yield old.step_down()
+        yield wait_for(lambda: new.role == LEADER, what="the standby to take over")
+        gate.callback(None)
+        yield wait_for(lambda: new.last_resync and new.last_resync[1] == "takeover",
+                       what="the takeover's resync")
+        yield self.settled(new)
+        self.assertIn("p1", new.controller.told)
+        self.assertEqual(backend.calls, [])
+        yield self.make_port("p2")
+        outcome = yield self.proton.bind("p2", "compute1", "vm2")
+        self.assertEqual(outcome.result["controller"], "SimServer")
+        self.assertEqual(backend.calls, [("bind_port", "p2")])
