@@ -21,8 +21,9 @@ message was too large to take, and when etcd's cluster id changed; then the sink
 first hears C{sink.cluster_changed()} and drops its queued work.  A full
 resynchronisation begins with C{sink.snapshot_started()}: nothing is decided on a
 half-read model, and the writes it calls for wait for the watch that follows it: the
-sink hears C{sink.watching()} each time a watch is open (over v2, etcd keeps 1000
-events of its whole store, and the watch starts from the read's index).  A periodic
+sink hears C{sink.watching()} each time a watch is held at etcd past its history
+(C{watch.live}; over v2, etcd keeps 1000 events of its whole store, and a watch from
+the read's index catches up one long-poll per event).  A periodic
 resynchronisation runs beside the live watch: readiness does not change and changes
 keep flowing while it reads.  It gives way to a full one at its next page (the two
 never hand the sink their snapshots at once); one asked for while the watch is not
@@ -322,9 +323,16 @@ class Follower:
             self.request_resync("cluster_changed", full=True)
             return
         self._set_ready()
-        # The work the read calls for waits for this (see ShimService.watching).
-        self.sink.watching()
-        self._start_beside()
+        watch.live.addCallback(self._live)
+
+    def _live(self, watch):
+        """
+        etcd holds the watch past its history: the work a read calls for (see
+        ShimService.watching), and a resync asked for meanwhile, go from now on.
+        """
+        if self._watch is watch and self.ready:
+            self.sink.watching()
+            self._start_beside()
 
     def _watch_ended(self, ended, watch):
         complete = watch.complete_revision

@@ -171,13 +171,14 @@ class ShimService(Service):
 
     def watching(self):
         """
-        A watch is open at etcd (after a full read, or resumed).  After a full
-        read, the writes it calls for (the sweep's, and over v2 the result keys
-        created as C{{}}) go from now on.  Over v2 etcd keeps the last 1000
-        events of its whole store, and a watch from the read's index opened after
-        more writes than that is answered "event index cleared": written sooner,
-        the shim's own writes would have it read everything again, and again for
-        as long as they last.
+        etcd holds a watch past its history (after a full read, or resumed).
+        After a full read, the writes it calls for (the sweep's, and over v2 the
+        result keys created as C{{}}) go from now on.  Over v2 etcd keeps the
+        last 1000 events of its whole store, and a watch from the read's index
+        (catching up one long-poll per event, if proton wrote during the read)
+        is answered "event index cleared" after more writes than that: written
+        sooner, the shim's own writes would have it read everything again, and
+        again for as long as they last.
         """
         if self._until_watching:
             self._until_watching = False

@@ -27,7 +27,13 @@ Two traits of etcd's v2 watcher hub shape it:
     quiet directory this holds one idle long-poll open per watch.
   - etcd keeps the last 1000 events only (of the whole store, not of this
     directory): an older index is "event index cleared", which ends the watch with
-    C{"compacted"}, C{compact_revision} being the oldest index etcd holds.
+    C{"compacted"}, C{compact_revision} being the oldest index etcd holds.  So a
+    watch catching up is not safe from writes anywhere in the store until etcd
+    holds it past its history: C{live} fires when a stream or long-poll is known to
+    be, by its index being past the store index etcd gave (the stream opened from
+    a later index, or an event newer than the answer's index), or by etcd leaving
+    it unanswered for C{live_after} seconds (etcd answers from its history at
+    once).
 
 v2 sends no progress notifications (C{on_progress} is never called): an idle
 timeout on a quiet store would end a healthy watch, so keep it off (None).
@@ -59,9 +65,12 @@ class V2Watch(Watch):
     @ivar reopens: how many long-polls were made to catch up.
     @cvar probe_interval: seconds of silence on the stream before the watch checks,
         with a long-poll, that etcd has not dropped its watcher.
+    @cvar live_after: seconds a stream or long-poll that is behind waits for its
+        first event before the watch is taken to be held at etcd (C{live}).
     """
 
     probe_interval = 2.0
+    live_after = 0.5
 
     def __init__(self, client, key, start_revision, on_event, prefix=True,
                  prev_kv=False, progress_notify=True, idle_timeout=None,
@@ -78,6 +87,7 @@ class V2Watch(Watch):
         self._probe = None
         self._probe_timer = None
         self._check_timer = None
+        self._live_timer = None
         self.probes = 0
 
     def _ask(self, prefix, prev_kv, progress_notify):
@@ -116,6 +126,10 @@ class V2Watch(Watch):
         self._parser = WatchStreamParser(self._message)
         if self._ending is not None:
             self._parser.stopped = True
+        if self._live:
+            self._became_live()
+        else:
+            self._wait_for_history()
         if not self.started.called and self._ending is None:
             self.started.callback(self)
         response.deliverBody(_WatchProtocol(self))
@@ -144,6 +158,7 @@ class V2Watch(Watch):
     def _poll(self):
         """Ask for the next event from C{_next}; etcd answers from its history."""
         self.reopens += 1
+        self._wait_for_history()
         query = {"wait": "true", "waitIndex": str(self._next)}
         if self._recursive:
             query["recursive"] = "true"
@@ -153,6 +168,7 @@ class V2Watch(Watch):
 
     def _polled(self, result):
         self._opening = None
+        self._heard_from_history()
         if self._ending is not None:
             self._finish()
             return
@@ -175,10 +191,35 @@ class V2Watch(Watch):
         if self._check_timer is not None and self._check_timer.active():
             self._check_timer.cancel()
         self._check_timer = None
+        self._heard_from_history()
         if self._probe is not None:
             probe, self._probe = self._probe, None
             probe.cancel()
         Watch._end(self, reason, compact_revision, error)
+
+    # -- whether etcd holds the watch past its history -----------------
+
+    def _wait_for_history(self):
+        """
+        A stream or long-poll from an index etcd has passed: its first event
+        comes from etcd's history at once, if there is one for this directory.
+        """
+        if (self.live.called or self._live_timer is not None
+                or self._ending is not None):
+            return
+        self._live_timer = self._reactor.callLater(self.live_after, self._unanswered)
+
+    def _heard_from_history(self):
+        if self._live_timer is not None:
+            if self._live_timer.active():
+                self._live_timer.cancel()
+            self._live_timer = None
+
+    def _unanswered(self):
+        # Nothing in etcd's history for this directory past our index: etcd
+        # holds the request as a watcher.
+        self._live_timer = None
+        self._became_live()
 
     # -- the check that etcd still has our watcher ----------------------
 
@@ -248,6 +289,7 @@ class V2Watch(Watch):
         """One event (or error) of the stream."""
         if self._ending is not None or self._reopening:
             return
+        self._heard_from_history()
         index = self._deliver(message)
         if index is not None and not self._live and self._ending is None:
             if index <= self._store_index:
@@ -258,6 +300,7 @@ class V2Watch(Watch):
                     self._protocol.transport.stopProducing()
             else:
                 self._live = True
+                self._became_live()
 
     def _deliver(self, message):
         """

@@ -137,6 +137,10 @@ class Watch(object):
 
     @ivar started: fires (with the watch) when etcd confirmed the watch; errbacks
         if the watch ends before that.
+    @ivar live: fires (with the watch) once etcd holds the watch past its
+        history, so that the changes made from now on come as they happen, and
+        writes, however many, cannot push the watch out of what etcd keeps; for
+        v3, just before C{started}.  It never fires if the watch ends before that.
     @ivar done: fires exactly once, never errbacks, with a L{WatchEnded}.
     @ivar last_revision: the highest revision seen (events and progress
         notifications); before any, C{start_revision - 1}.
@@ -171,6 +175,7 @@ class Watch(object):
         self._ask(prefix, prev_kv, progress_notify)
         self._call = "watch %r" % (key,)
         self.started = defer.Deferred()
+        self.live = defer.Deferred()
         self.done = defer.Deferred()
         self.endpoint = None
         self.watch_id = None
@@ -261,6 +266,10 @@ class Watch(object):
             return result
         self.done.addBoth(fire)
         return d
+
+    def _became_live(self):
+        if not self.live.called and self._ending is None:
+            self.live.callback(self)
 
     def _end(self, reason, compact_revision=None, error=None):
         """Decide how the watch ends (once), then tear the connection down."""
@@ -360,6 +369,7 @@ class Watch(object):
                 if revision > self.last_revision:
                     self.last_revision = self.complete_revision = revision
             if not self.started.called:
+                self._became_live()
                 self.started.callback(self)
         if result.get("canceled"):
             compact = wire.as_int(result.get("compact_revision"))

@@ -327,6 +327,35 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         self.assertEqual(watch.events_seen, 7)
 
     @inlineCallbacks
+    def test_live_once_caught_up(self):
+        """
+        A watch from an index etcd has passed is live (held at etcd past its
+        history) only once it has every event of the backlog: here the last one
+        is followed by a write elsewhere, so the long-poll after it waits unanswered
+        (C{live_after}).  A watch from now, or from the next index, is live at
+        once.
+        """
+        self.patch(V2Watch, "live_after", 0.3)
+        client = self.make_v2_client()
+        behind = yield puts(client, ["/l/k%d" % (i,) for i in range(3)], b"a")
+        yield client.put("/elsewhere", b"not watched")
+        events = []
+        watch = client.watch("/l/", behind[0], events.append)
+        seen_when_live = []
+        watch.live.addCallback(lambda w: seen_when_live.append(len(events)))
+        yield watch.started
+        yield wait_for(lambda: seen_when_live, what="the watch to be live")
+        self.assertEqual(seen_when_live, [3])
+        self.assertEqual([e.mod_revision for e in events], behind)
+        yield watch.stop()
+        status = yield client.status()
+        for start in (None, status.revision + 1):
+            now = client.watch("/l/", start, events.append)
+            yield now.started
+            self.assertTrue(now.live.called, start)
+            yield now.stop()
+
+    @inlineCallbacks
     def test_watch_from_now_and_dir_delete(self):
         """A directory delete is one event: a DELETE of the directory's key + "/"."""
         client = self.make_v2_client()

@@ -265,6 +265,8 @@ class WatchTests(EtcdServerMixin, TestCase):
         events = []
         watch = client.watch("/w/", None, events.append)
         yield watch.started
+        # v3 keeps its history until a compaction: live as soon as confirmed.
+        self.assertTrue(watch.live.called)
         self.assertEqual(client.cluster_id, (yield client.status()).cluster_id)
         big = os.urandom(1024 * 1024)
         big_put = yield client.put("/w/big", big)

@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from shim.etcd import EtcdV2Client
 from shim.etcd.errors import EtcdError
+from shim.etcd.v2watch import V2Watch
 from shim.portstate import BOUND, UNBOUND
 from shim.proton import ProtonClient
 from shim.schema import GLUON_1, PROTON_PREFIX, SEED
@@ -107,9 +108,9 @@ class V2FaultTestCase(TestCase):
         #: the index of the test's last delete under /proton/ (not visible in a read).
         self.deleted_at = 0
 
-    def start_shim(self, endpoints, backend, more=""):
+    def start_shim(self, endpoints, backend, more="", wait=True):
         return ShimRunner(self, endpoints).start(
-            backend, extra=shim_options(self.schema, more))
+            backend, extra=shim_options(self.schema, more), wait=wait)
 
     @inlineCallbacks
     def make_vpn(self):
@@ -233,6 +234,46 @@ class StartTests(V2FaultTestCase):
         self.assertEqual({kv.value for kv in found.kvs}, {b"{}"})
         self.assertEqual(self.resyncs(shim, "compacted"), 0)
         self.assertEqual(self.resyncs(shim, "start"), 1)
+
+    @inlineCallbacks
+    def test_own_writes_wait_for_the_watch_to_catch_up(self):
+        """
+        Proton wrote while the shim read: its watch opens behind, and catches up
+        one long-poll per event (each held 0.2 s on its way to etcd here).  The
+        1200 result keys wait until etcd holds the watch past its history, not
+        only until the watch is open: written sooner, they would push the next
+        long-poll's index out of etcd's 1000 events.
+        """
+        self.patch(V2Watch, "live_after", 1.0)
+        etcd = start_etcd(self, extra_args=V2_ARGS)
+        self.connect([etcd.client_url])
+        ports = ["p%04d" % (i,) for i in range(1200)]
+        for first in range(0, len(ports), 100):
+            yield gatherResults([
+                self.proton.put_object(self.schema.port, uuid,
+                                       port_row(self.schema, uuid))
+                for uuid in ports[first:first + 100]])
+        proxy = FaultProxy(("127.0.0.1", etcd.client_port)).start()
+        self.addCleanup(proxy.stop)
+        proxy.hold_requests(b"wait=true", 1.5)
+        shim = yield self.start_shim([proxy.url], RecordingBackend(), wait=False)
+        yield wait_for(lambda: shim.follower.synchronised, what="the shim's read")
+        proxy.hold_requests(b"wait=true", 0.2)
+        for uuid in ports[:20]:
+            yield self.proton.put_object(self.schema.port, uuid,
+                                         port_row(self.schema, uuid, name="renamed"))
+        yield shim.when_ready()
+
+        @inlineCallbacks
+        def created():
+            found = yield self.client.get_all(self.schema.result_prefix)
+            return len(found.kvs) == len(ports)
+        yield wait_for(created, timeout=60, what="every port's result key")
+        proxy.hold_requests(None, 0)
+        yield self.settled(shim)
+        self.assertEqual(self.resyncs(shim, "compacted"), 0)
+        self.assertEqual(self.resyncs(shim, "start"), 1)
+        self.assertEqual(shim.model.ports["p0000"].get("name"), "renamed")
 
 
 class StartGluon1Tests(StartTests):
