@@ -200,15 +200,10 @@ class V2FaultTestCase(TestCase):
 class StartTests(V2FaultTestCase):
 
     @inlineCallbacks
-    def test_own_writes_wait_for_the_watch(self):
+    def ports_without_results(self):
         """
-        Over v2 the shim creates the result key of each port it found without one
-        (as C{{}}), and etcd keeps only the last 1000 events of its whole store.  A
-        watch that starts after more of them than that since the snapshot's index
-        is answered "event index cleared", and the shim reads everything again.
-        So the shim writes nothing after a full read until its watch is open:
-        here the watch's request is held 1.5 s on its way to etcd, and 1200 result
-        keys wait for it, without pushing the watch's start out of the window.
+        A v2 etcd holding 1200 ports without a result key, and a proxy to it
+        that holds each watch request 1.5 s: C{(ports, proxy)}.
         """
         etcd = start_etcd(self, extra_args=V2_ARGS)
         self.connect([etcd.client_url])
@@ -221,14 +216,31 @@ class StartTests(V2FaultTestCase):
         proxy = FaultProxy(("127.0.0.1", etcd.client_port)).start()
         self.addCleanup(proxy.stop)
         proxy.hold_requests(b"wait=true", 1.5)
-        shim = yield self.start_shim([proxy.url], RecordingBackend())
-        proxy.hold_requests(None, 0)
+        return ports, proxy
 
+    @inlineCallbacks
+    def all_created(self, ports):
         @inlineCallbacks
         def created():
             found = yield self.client.get_all(self.schema.result_prefix)
             return len(found.kvs) == len(ports)
         yield wait_for(created, timeout=60, what="every port's result key")
+
+    @inlineCallbacks
+    def test_own_writes_wait_for_the_watch(self):
+        """
+        Over v2 the shim creates the result key of each port it found without one
+        (as C{{}}), and etcd keeps only the last 1000 events of its whole store.  A
+        watch that starts after more of them than that since the snapshot's index
+        is answered "event index cleared", and the shim reads everything again.
+        So the shim writes nothing after a full read until its watch is open:
+        here the watch's request is held 1.5 s on its way to etcd, and 1200 result
+        keys wait for it, without pushing the watch's start out of the window.
+        """
+        ports, proxy = yield self.ports_without_results()
+        shim = yield self.start_shim([proxy.url], RecordingBackend())
+        proxy.hold_requests(None, 0)
+        yield self.all_created(ports)
         yield self.settled(shim)
         found = yield self.client.get_all(self.schema.result_prefix)
         self.assertEqual({kv.value for kv in found.kvs}, {b"{}"})
@@ -245,17 +257,7 @@ class StartTests(V2FaultTestCase):
         long-poll's index out of etcd's 1000 events.
         """
         self.patch(V2Watch, "live_after", 1.0)
-        etcd = start_etcd(self, extra_args=V2_ARGS)
-        self.connect([etcd.client_url])
-        ports = ["p%04d" % (i,) for i in range(1200)]
-        for first in range(0, len(ports), 100):
-            yield gatherResults([
-                self.proton.put_object(self.schema.port, uuid,
-                                       port_row(self.schema, uuid))
-                for uuid in ports[first:first + 100]])
-        proxy = FaultProxy(("127.0.0.1", etcd.client_port)).start()
-        self.addCleanup(proxy.stop)
-        proxy.hold_requests(b"wait=true", 1.5)
+        ports, proxy = yield self.ports_without_results()
         shim = yield self.start_shim([proxy.url], RecordingBackend(), wait=False)
         yield wait_for(lambda: shim.follower.synchronised, what="the shim's read")
         proxy.hold_requests(b"wait=true", 0.2)
@@ -263,12 +265,7 @@ class StartTests(V2FaultTestCase):
             yield self.proton.put_object(self.schema.port, uuid,
                                          port_row(self.schema, uuid, name="renamed"))
         yield shim.when_ready()
-
-        @inlineCallbacks
-        def created():
-            found = yield self.client.get_all(self.schema.result_prefix)
-            return len(found.kvs) == len(ports)
-        yield wait_for(created, timeout=60, what="every port's result key")
+        yield self.all_created(ports)
         proxy.hold_requests(None, 0)
         yield self.settled(shim)
         self.assertEqual(self.resyncs(shim, "compacted"), 0)

@@ -96,6 +96,20 @@ class ReconcileCase(ServiceTestCase):
         return read_result(self.client, uuid).addCallback(
             lambda r: r is not None and predicate(r))
 
+    def start_service(self, client, backend, **kwargs):
+        """
+        Start a shim (controller SimServer on compute1) on C{client}, with
+        L{ShimService}'s other C{kwargs}; it is stopped at the test's end.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = load_config(write_config(directory, [self.etcd.client_url],
+                                          controller="SimServer", hosts="compute1"))
+        shim = ShimService(config, backend, client=client, **kwargs)
+        shim.startService()
+        self.addCleanup(lambda: shim.running and shim.stopService())
+        return shim
+
 
 class RestartTests(ReconcileCase):
     @inlineCallbacks
@@ -917,15 +931,9 @@ class BindDuringResyncTests(ReconcileCase):
         is newer than the read, not missing: after the resync the shim neither
         reads the key nor writes the result again.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        config = load_config(write_config(directory, [self.etcd.client_url],
-                                          controller="SimServer", hosts="compute1"))
         client = HeldResultsClient([self.etcd.client_url])
         backend = RecordingBackend()
-        shim = ShimService(config, backend, client=client)
-        shim.startService()
-        self.addCleanup(lambda: shim.running and shim.stopService())
+        shim = self.start_service(client, backend)
         yield shim.when_ready()
         yield self.make_vpn()
         yield self.make_port("p1")
@@ -968,13 +976,9 @@ class ResyncOrderTests(ReconcileCase):
         A shim on a L{HeldResultsClient}, with a bound port, whose sink calls about
         snapshots are recorded in C{self.heard} as C{(call, full)}.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        config = load_config(write_config(directory, [self.etcd.client_url],
-                                          controller="SimServer", hosts="compute1"))
         self.held_client = HeldResultsClient([self.etcd.client_url])
         self.backend = RecordingBackend()
-        shim = ShimService(config, self.backend, client=self.held_client)
+        shim = self.start_service(self.held_client, self.backend)
         self.heard = heard = []
         for call in ("snapshot_started", "snapshot_applied"):
             def recorded(*args, _call=call, _original=getattr(shim, call), **kwargs):
@@ -987,8 +991,6 @@ class ResyncOrderTests(ReconcileCase):
             heard.append(("snapshot_results", None))
             return original_results(kvs, restore)
         shim.snapshot_results = results
-        shim.startService()
-        self.addCleanup(lambda: shim.running and shim.stopService())
         yield shim.when_ready()
         yield self.make_vpn()
         yield self.make_port("p1")
@@ -997,6 +999,20 @@ class ResyncOrderTests(ReconcileCase):
         yield self.settled(shim)
         del heard[:]
         return shim
+
+    @inlineCallbacks
+    def during_a_full_read(self, shim, cause, full=False):
+        """
+        Ask C{shim} for a full resync, and for another (C{cause}, C{full}) while
+        the first's read of the results is held; then let that read go on.
+        """
+        client = self.held_client
+        client.gate = gate = Deferred()
+        shim.request_resync("requested", full=True)
+        yield wait_for(lambda: client.held, what="the full read's results")
+        client.gate = None
+        shim.request_resync(cause, full=full)
+        gate.callback(None)
 
     def assertNotInterleaved(self, heard):
         """
@@ -1062,13 +1078,7 @@ class ResyncOrderTests(ReconcileCase):
         is live.  The watch's next end resumes it without reading everything again.
         """
         shim = yield self.start_recording()
-        client = self.held_client
-        client.gate = gate = Deferred()
-        shim.request_resync("requested", full=True)
-        yield wait_for(lambda: client.held, what="the full resync's results read")
-        client.gate = None
-        shim.request_resync("admin")
-        gate.callback(None)
+        yield self.during_a_full_read(shim, "admin")
         yield wait_for(lambda: shim.last_resync and shim.last_resync[1] == "admin",
                        what="the operator's resync after the full one")
         self.assertEqual(self.assertNotInterleaved(self.heard), ["full", "beside"])
@@ -1087,13 +1097,7 @@ class ResyncOrderTests(ReconcileCase):
         A full resync asked for while a full read runs follows it at once.
         """
         shim = yield self.start_recording()
-        client = self.held_client
-        client.gate = gate = Deferred()
-        shim.request_resync("requested", full=True)
-        yield wait_for(lambda: client.held, what="the first full read's results")
-        client.gate = None
-        shim.request_resync("admin", full=True)
-        gate.callback(None)
+        yield self.during_a_full_read(shim, "admin", full=True)
         yield wait_for(lambda: shim.ready and shim.last_resync[1] == "admin",
                        what="the second full read")
         self.assertEqual(self.assertNotInterleaved(self.heard), ["full", "full"])
@@ -1105,15 +1109,8 @@ class TakeoverDuringResyncTests(ReconcileCase):
     """
 
     def start_shim(self, backend, client):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        config = load_config(write_config(directory, [self.etcd.client_url],
-                                          controller="SimServer", hosts="compute1"))
-        shim = ShimService(config, backend, client=client,
-                           election_client=EtcdClient([self.etcd.client_url]))
-        shim.startService()
-        self.addCleanup(lambda: shim.running and shim.stopService())
-        return shim
+        return self.start_service(
+            client, backend, election_client=EtcdClient([self.etcd.client_url]))
 
     @inlineCallbacks
     def test_takeover_waits_for_its_restore(self):
