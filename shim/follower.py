@@ -55,6 +55,11 @@ BACKGROUND_PAUSE = 0.01
 #: Seconds before a failed resync that restores (a takeover's) is tried again.
 RESTORE_RETRY = 2.0
 
+#: Seconds the writes after a full read wait, at most, for the watch to be live
+#: (v2: caught up with etcd's history, see L{shim.etcd.v2watch}): a proton writing
+#: faster than the catch-up must not hold every bind back.
+LIVE_WAIT = 5.0
+
 #: Errors that retrying cannot mend: at start-up they stop the shim.
 FATAL_AT_START = (AuthFailed, TLSFailed)
 
@@ -116,6 +121,9 @@ class Follower:
         # another resync ran, and the next try of a failed restore.
         self._beside_wanted = None
         self._retry = None
+        # The watch etcd holds past its history, and the limit on waiting for it.
+        self._live_watch = None
+        self._live_wait = None
         self._ready_waiters = []
         self._other_apis = set()
         self._first_snapshot = True
@@ -144,6 +152,7 @@ class Follower:
             self._sleep.cancel()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        self._cancel_live_wait()
         if self._loop is not None:
             yield self._loop
         if self._background is not None:
@@ -181,7 +190,7 @@ class Follower:
         if restore:
             self._restore = True
         if not full:
-            if self._background is None and self.synchronised and self.ready:
+            if self._background is None and self._watch_live():
                 self._start_beside(cause)
             elif restore or cause != "periodic":
                 # Once the watch is live and the read under way has ended, unless
@@ -323,6 +332,7 @@ class Follower:
             self.request_resync("cluster_changed", full=True)
             return
         self._set_ready()
+        self._live_wait = self.reactor.callLater(LIVE_WAIT, self._still_behind, watch)
         watch.live.addCallback(self._live)
 
     def _live(self, watch):
@@ -330,9 +340,35 @@ class Follower:
         etcd holds the watch past its history: the work a read calls for (see
         ShimService.watching), and a resync asked for meanwhile, go from now on.
         """
-        if self._watch is watch and self.ready:
-            self.sink.watching()
-            self._start_beside()
+        if self._watch is not watch or not self.ready or self._live_watch is watch:
+            return
+        self._live_watch = watch
+        self._cancel_live_wait()
+        self.sink.watching()
+        self._start_beside()
+
+    def _still_behind(self, watch):
+        self._live_wait = None
+        if self._watch is watch and self._live_watch is not watch:
+            self.log.warn(
+                "the watch is still catching up with etcd's history after {wait:.0f}s"
+                " (at revision {revision}); the shim's writes wait no longer",
+                wait=LIVE_WAIT, revision=watch.last_revision,
+            )
+            self._live(watch)
+
+    def _cancel_live_wait(self):
+        if self._live_wait is not None and self._live_wait.active():
+            self._live_wait.cancel()
+        self._live_wait = None
+
+    def _watch_live(self):
+        """
+        Whether the watch is live at etcd (past its history), so that a resync
+        beside it, and the writes it calls for, may go.
+        """
+        return (self.synchronised and self.ready and self._watch is not None
+                and self._live_watch is self._watch)
 
     def _watch_ended(self, ended, watch):
         complete = watch.complete_revision
@@ -348,6 +384,7 @@ class Follower:
             self.client.skip_endpoint(watch.endpoint)
         if self._watch is watch:
             self._watch = None
+            self._cancel_live_wait()
         self._set_not_ready("watch ended: %s" % (ended.reason,))
         self.metrics.child(self.metrics.reconnects, ended.reason).inc()
         return ended
@@ -526,16 +563,17 @@ class Follower:
         try:
             revision, status, objects, results_at = yield self._snapshot(
                 first or restore, None)
+            self.revision = revision
+            # The snapshot holds all of its revision: watch from the next one.
+            self._watch_from = revision + 1
+            self.synchronised = True
+            yield self.sink.snapshot_applied(first or restore, results_at, full=True)
         except BaseException:
             # Read again from the start: the next snapshot restores what this one
-            # would have.
-            self._first_snapshot, self._restore = first, restore
+            # would have (and what a takeover asked for meanwhile).
+            self._first_snapshot = first
+            self._restore = self._restore or restore
             raise
-        self.revision = revision
-        # The snapshot holds all of its revision: watch from the next one.
-        self._watch_from = revision + 1
-        self.synchronised = True
-        yield self.sink.snapshot_applied(first or restore, results_at, full=True)
         self.last_resync = (self.reactor.seconds(), cause)
         self.log.info(
             "synchronised ({cause}): {objects} objects at revision {revision} in "
@@ -543,6 +581,12 @@ class Follower:
             cause=cause, objects=objects, revision=revision,
             elapsed=self.reactor.seconds() - started, version=status.version,
         )
+
+    def _retry_restore(self, cause):
+        self._retry = None
+        if self._restore:
+            self._beside_wanted = self._beside_wanted or cause
+            self._start_beside()
 
     def _start_beside(self, cause=None):
         """
@@ -552,7 +596,7 @@ class Follower:
         """
         cause = cause or self._beside_wanted
         if (cause is None or self._background is not None or not self.running
-                or not (self.synchronised and self.ready)):
+                or not self._watch_live()):
             return
         # This read takes every restore asked for so far: what was wanted is done.
         self._beside_wanted = None
@@ -575,11 +619,12 @@ class Follower:
             try:
                 revision, status, objects, results_at = yield self._snapshot(
                     restore, self._tombstones, pause=BACKGROUND_PAUSE)
+                if self.running:
+                    yield self.sink.snapshot_applied(restore, results_at, full=False)
             except BaseException:
                 self._restore = self._restore or restore
                 raise
             if self.running:
-                yield self.sink.snapshot_applied(restore, results_at, full=False)
                 self.last_resync = (self.reactor.seconds(), cause)
                 self.log.info(
                     "resynchronised beside the watch ({cause}): {objects} objects at "
@@ -600,9 +645,10 @@ class Follower:
                 )
                 if self._restore:
                     # A takeover waits for its restore: tried again soon.
-                    self._beside_wanted = cause
+                    if self._retry is not None and self._retry.active():
+                        self._retry.cancel()
                     self._retry = self.reactor.callLater(
-                        RESTORE_RETRY, self._start_beside)
+                        RESTORE_RETRY, self._retry_restore, cause)
         finally:
             self._tombstones = None
             self._background = None

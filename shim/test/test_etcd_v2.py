@@ -335,7 +335,7 @@ class V2ClientTests(EtcdServerMixin, TestCase):
         (C{live_after}).  A watch from now, or from the next index, is live at
         once.
         """
-        self.patch(V2Watch, "live_after", 0.3)
+        self.patch(V2Watch, "live_after", 1.0)
         client = self.make_v2_client()
         behind = yield puts(client, ["/l/k%d" % (i,) for i in range(3)], b"a")
         yield client.put("/elsewhere", b"not watched")

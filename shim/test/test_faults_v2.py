@@ -18,6 +18,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from shim import follower
 from shim.etcd import EtcdV2Client
 from shim.etcd.errors import EtcdError
 from shim.etcd.v2watch import V2Watch
@@ -252,11 +253,13 @@ class StartTests(V2FaultTestCase):
         """
         Proton wrote while the shim read: its watch opens behind, and catches up
         one long-poll per event (each held 0.2 s on its way to etcd here).  The
-        1200 result keys wait until etcd holds the watch past its history, not
-        only until the watch is open: written sooner, they would push the next
-        long-poll's index out of etcd's 1000 events.
+        1200 result keys, and an operator's resync asked for meanwhile, wait until
+        etcd holds the watch past its history, not only until the watch is open:
+        written sooner, the keys would push the next long-poll's index out of
+        etcd's 1000 events.
         """
         self.patch(V2Watch, "live_after", 1.0)
+        self.patch(follower, "LIVE_WAIT", 60.0)
         ports, proxy = yield self.ports_without_results()
         shim = yield self.start_shim([proxy.url], RecordingBackend(), wait=False)
         yield wait_for(lambda: shim.follower.synchronised, what="the shim's read")
@@ -265,6 +268,8 @@ class StartTests(V2FaultTestCase):
             yield self.proton.put_object(self.schema.port, uuid,
                                          port_row(self.schema, uuid, name="renamed"))
         yield shim.when_ready()
+        # A resync asked for meanwhile (its sweep writes) waits for it too.
+        shim.request_resync("admin")
         yield self.all_created(ports)
         proxy.hold_requests(None, 0)
         yield self.settled(shim)

@@ -1,0 +1,103 @@
+"""
+The follower's pacing on a fake clock: a takeover's restore that fails is tried
+again after RESTORE_RETRY seconds, not at once; the writes after a full read wait
+for the watch to be live at most LIVE_WAIT seconds.  A fake client stands for etcd
+(pure scheduling logic; the same paths against a real etcd are in test_reconcile
+and test_faults_v2).
+"""
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from shim.etcd.errors import EtcdError
+from shim.follower import LIVE_WAIT, RESTORE_RETRY, Follower
+from shim.metrics import Metrics
+from shim.model import Model
+
+
+class BusyClient:
+    """An etcd that answers every status request with an error, 10 ms later."""
+
+    cluster_id = None
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.calls = 0
+
+    def status(self):
+        self.calls += 1
+        d = Deferred()
+        self.clock.callLater(0.01, d.errback, EtcdError(None, "etcd is busy"))
+        return d
+
+
+class Sink:
+    """Hears what the follower tells; counts C{watching()}."""
+
+    def __init__(self):
+        self.watching_heard = 0
+
+    def snapshot_started(self, full=True):
+        pass
+
+    def watching(self):
+        self.watching_heard += 1
+
+
+class Watch:
+    """A watch confirmed by etcd whose C{live} has not fired."""
+
+    def __init__(self):
+        self.live = Deferred()
+        self.last_revision = 7
+
+
+class PacingTests(SynchronousTestCase):
+
+    def follower(self):
+        self.clock = task.Clock()
+        self.client = BusyClient(self.clock)
+        self.sink = Sink()
+        follower = Follower(self.client, Model(), self.sink, self.clock, Metrics())
+        follower.running = follower.synchronised = True
+        self.addCleanup(setattr, follower, "running", False)
+        return follower
+
+    def live_watch(self, follower):
+        follower._watch = watch = Watch()
+        follower._watching(None, watch)
+        watch.live.callback(watch)
+        return watch
+
+    def test_failed_restore_tried_again_later(self):
+        """
+        A takeover's resync beside a live watch fails again and again: it is
+        tried once per RESTORE_RETRY seconds, with one timer pending at a time.
+        """
+        follower = self.follower()
+        self.live_watch(follower)
+        follower.request_resync("takeover", restore=True)
+        self.clock.pump([0.01] * int(RESTORE_RETRY / 0.01 - 10))
+        self.assertEqual(self.client.calls, 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.pump([0.01] * 20)
+        self.assertEqual(self.client.calls, 2)
+        self.assertTrue(follower._restore)
+
+    def test_not_live_waits_at_most_live_wait(self):
+        """
+        A watch that is open but not live (still catching up) holds the writes
+        after a full read, and any resync asked for, for LIVE_WAIT seconds at
+        most; then they go, and the watch's own live later changes nothing.
+        """
+        follower = self.follower()
+        follower._watch = watch = Watch()
+        follower._watching(None, watch)
+        follower.request_resync("admin")
+        self.clock.advance(LIVE_WAIT - 0.1)
+        self.assertEqual((self.sink.watching_heard, self.client.calls), (0, 0))
+        self.clock.advance(0.2)
+        self.assertEqual((self.sink.watching_heard, self.client.calls), (1, 1))
+        watch.live.callback(watch)
+        self.assertEqual(self.sink.watching_heard, 1)
