@@ -105,6 +105,7 @@ class Election(object):
     @ivar granted_ttl: the TTL etcd granted the last lease (may exceed C{ttl}: etcd
         raises a TTL below its minimum).
     @ivar leader_identity: the identity in the key when last seen, or None.
+    @ivar stood_by: whether this shim has ever found another shim leading.
     @ivar other_groups: the election keys seen of other groups under the same
         controller name (each logged once as a warning).
     """
@@ -135,6 +136,7 @@ class Election(object):
         self.keepalives_failed = 0
         self.granted_ttl = None
         self.leader_identity = None
+        self.stood_by = False
 
         self._running = False
         self._leading = False
@@ -500,6 +502,7 @@ class Election(object):
                 log.failure("election {key}: the on_elected hook failed", key=self.key)
 
     def _stand_by(self, owner, revision):
+        self.stood_by = True
         self._note_owner(owner)
         self._watch_group(revision + 1)
         # A safety net behind the watch: a watch on a member cut off from the

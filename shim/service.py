@@ -95,9 +95,12 @@ class ShimService(Service):
         self._frozen = False
         # After a full read the queue waits for the watch that follows it (watching).
         self._until_watching = False
-        # After a takeover the queue waits for a snapshot that restores the bind
-        # results as what the backend holds (snapshot_applied with first).
+        # After a takeover the queue waits for a snapshot begun after it that
+        # restores the bind results as what the backend holds.
         self._restore_pending = False
+        self._elections = 0
+        self._read_after = 0
+        self._start_read_trusted = True
         self.writer = self.results = ResultWriter(
             self.client, self.schema, config.controller_name, reactor, self.metrics,
             acting=self.acting, fence=self._fence,
@@ -143,6 +146,8 @@ class ShimService(Service):
         if full:
             self.queue.pause()
             self._until_watching = True
+        # Which election this read begins after (reads never overlap).
+        self._read_after = self._elections
         self.controller.snapshot_started(full)
 
     def snapshot_results(self, kvs, restore):
@@ -155,8 +160,13 @@ class ShimService(Service):
             self._looked_elsewhere = True
             self._looking = self._look_at_other_api()
         yield self.controller.snapshot_applied(first, revision, full)
-        if first:
+        if first and (self._read_after == self._elections or self._start_read_trusted):
+            # Begun after the last election, it holds every result the last
+            # leader wrote.  So does the start-up read when no other shim led
+            # since start-up (read again, every start with a shim elected during
+            # its read would wait for a second read of everything).
             self._restore_pending = False
+        self._start_read_trusted = False
         if first and not self._frozen and sum(self.model.counts().values()) >= FREEZE_AT:
             # The model read at start-up lives as long as the process: moved out of
             # the collector's generations, a full collection no longer walks millions
@@ -320,12 +330,16 @@ class ShimService(Service):
             "acting for {controller} (epoch {epoch}): reconciling every port from the "
             "bind results in etcd", controller=self.config.controller_name, epoch=epoch,
         )
-        # Nothing is decided before a snapshot has restored what the backend
-        # holds, whichever read ends first meanwhile.
+        # Nothing is decided before a snapshot begun from now has restored what
+        # the backend holds: a read under way may have missed the last leader's
+        # last results.
+        self._elections += 1
         self._restore_pending = True
-        if self.follower.synchronised:
+        if self.follower.synchronised or self.election.stood_by:
+            # Another shim led: the start-up read may have missed its last results.
+            self._start_read_trusted = False
             self.follower.request_resync("takeover", restore=True)
-        # Else the first synchronisation restores and resumes.
+        # Else the start-up read restores and resumes.
 
     def _lost(self, reason):
         """

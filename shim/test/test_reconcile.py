@@ -1150,3 +1150,32 @@ class TakeoverDuringResyncTests(ReconcileCase):
         outcome = yield self.proton.bind("p2", "compute1", "vm2")
         self.assertEqual(outcome.result["controller"], "SimServer")
         self.assertEqual(backend.calls, [("bind_port", "p2")])
+
+    @inlineCallbacks
+    def test_first_read_begun_before_the_election_does_not_restore(self):
+        """
+        A standby elected during its first read: that read's results are from
+        before the old leader's last bind.  The work waits for a read begun after
+        the election, so the port bound last is restored, not bound again.
+        """
+        old = self.start_shim(RecordingBackend(), EtcdClient([self.etcd.client_url]))
+        yield old.when_ready()
+        yield wait_for(lambda: old.role == LEADER, what="the first shim to lead")
+        yield self.make_vpn()
+        yield self.make_port("p1")
+        client = HeldResultsClient([self.etcd.client_url])
+        client.gate = gate = Deferred()
+        backend = RecordingBackend()
+        new = self.start_shim(backend, client)
+        yield wait_for(lambda: client.held, what="the new shim's first read")
+        client.gate = None
+        outcome = yield self.proton.bind("p1", "compute1", "vm1")
+        self.assertEqual(outcome.result["controller"], "SimServer")
+        yield old.step_down()
+        yield wait_for(lambda: new.role == LEADER, what="the new shim to take over")
+        gate.callback(None)
+        yield wait_for(lambda: new.last_resync and new.last_resync[1] == "takeover",
+                       what="the takeover's resync")
+        yield self.settled(new)
+        self.assertIn("p1", new.controller.told)
+        self.assertEqual(backend.calls, [])
