@@ -329,9 +329,8 @@ class Controller:
         port the backend holds as bound, is reconciled (refused and failed binds
         tried again, missing or foreign results repaired), by a sweep behind the
         ports that changes mark.  The walks over the model run a slice per reactor
-        turn.  Over v2, the result keys the read found missing are created too:
-        beside a live watch at once, after a full read once the watch is open
-        (L{watching}).
+        turn.  Over v2, the result keys the read found missing are created too,
+        once etcd holds the watch past its history (L{caught_up}).
 
         @param first: whether it was the first since start-up (or a takeover).
         @param revision: the revision the snapshot read the results at: a result
@@ -357,23 +356,22 @@ class Controller:
 
         yield walk(self.clock, self._told_names(), missing)
         if self.precreate_results:
-            # The result keys found missing are created once the watch is open
-            # (after a full read) or at once (beside a live watch).
+            # The result keys found missing are created once the watch has
+            # caught up (at once when it had).
             self._precreate_after = seen
-            if not full:
-                yield self.watching()
         else:
             seen.clear()
         self.queue.sweep_all(self._sweep(self.model.names(self.schema.port),
                                          self._told_names()))
 
-    def watching(self):
+    def caught_up(self):
         """
-        The watch that follows a full read is open: over v2, create the result key
-        (as C{{}}) of each port the read found without one.  Not sooner: etcd's v2
-        history holds 1000 events of its whole store, and these writes would push
-        the watch's start out of it (see L{shim.service.ShimService.watching}).
-        A port is skipped while a full read runs (the read finds it again).
+        etcd holds the watch past its history: over v2, create the result key (as
+        C{{}}) of each port the last read found without one.  Not sooner: etcd's
+        v2 history holds 1000 events of its whole store, and these writes would
+        push a watch that starts from the read's index, or catches up, out of it
+        (see L{shim.service.ShimService.caught_up}).  A port is skipped while a
+        full read runs (the read finds it again).
 
         @return: a Deferred firing when every key missing was asked for.
         """

@@ -21,13 +21,14 @@ message was too large to take, and when etcd's cluster id changed; then the sink
 first hears C{sink.cluster_changed()} and drops its queued work.  A full
 resynchronisation begins with C{sink.snapshot_started()}: nothing is decided on a
 half-read model, and the writes it calls for wait for the watch that follows it: the
-sink hears C{sink.watching()} each time a watch is held at etcd past its history
-(C{watch.live}; over v2, etcd keeps 1000 events of its whole store, and a watch from
-the read's index catches up one long-poll per event).  A periodic
+sink hears C{sink.watching()} each time a watch is open, and C{sink.caught_up()} once
+etcd holds it past its history (C{watch.live}): over v2 etcd keeps 1000 events of
+its whole store, a watch from the read's index catches up one long-poll per event,
+and the thousands of result keys a read found missing wait for that.  A periodic
 resynchronisation runs beside the live watch: readiness does not change and changes
 keep flowing while it reads.  It gives way to a full one at its next page (the two
 never hand the sink their snapshots at once); one asked for while the watch is not
-live, or while another runs, starts once the watch is live and the other has ended.
+open, or while another runs, starts once the watch is open and the other has ended.
 
 The follower does not know whether it talks to etcd's v2 or v3 API: both clients
 offer the same calls.
@@ -55,9 +56,9 @@ BACKGROUND_PAUSE = 0.01
 #: Seconds before a failed resync that restores (a takeover's) is tried again.
 RESTORE_RETRY = 2.0
 
-#: Seconds the writes after a full read wait, at most, for the watch to be live
-#: (v2: caught up with etcd's history, see L{shim.etcd.v2watch}): a proton writing
-#: faster than the catch-up must not hold every bind back.
+#: Seconds the result keys a read found missing (v2) wait, at most, for the watch
+#: to be live (caught up with etcd's history, see L{shim.etcd.v2watch}): under a
+#: proton writing faster than the catch-up, they go anyway.
 LIVE_WAIT = 5.0
 
 #: Errors that retrying cannot mend: at start-up they stop the shim.
@@ -174,8 +175,8 @@ class Follower:
         Read everything from etcd again and repair any difference from the model.
 
         A periodic or requested resync runs beside the live watch.  One asked for
-        while the watch is not live or another resync runs starts once the watch
-        is live and that one has ended, unless a full read begins meanwhile; a
+        while the watch is not open or another resync runs starts once the watch
+        is open and that one has ended, unless a full read begins meanwhile; a
         periodic one is dropped then (the read under way, or the watch resumed
         from its revision, misses nothing, and the next one comes).
 
@@ -190,7 +191,7 @@ class Follower:
         if restore:
             self._restore = True
         if not full:
-            if self._background is None and self._watch_live():
+            if self._background is None and self.synchronised and self.ready:
                 self._start_beside(cause)
             elif restore or cause != "periodic":
                 # Once the watch is live and the read under way has ended, unless
@@ -332,27 +333,33 @@ class Follower:
             self.request_resync("cluster_changed", full=True)
             return
         self._set_ready()
-        self._live_wait = self.reactor.callLater(LIVE_WAIT, self._still_behind, watch)
+        # The work the read calls for waits for this (see ShimService.watching).
+        self.sink.watching()
+        self._start_beside()
+        if self.running:
+            self._cancel_live_wait()
+            self._live_wait = self.reactor.callLater(
+                LIVE_WAIT, self._still_behind, watch)
         watch.live.addCallback(self._live)
 
     def _live(self, watch):
         """
-        etcd holds the watch past its history: the work a read calls for (see
-        ShimService.watching), and a resync asked for meanwhile, go from now on.
+        etcd holds the watch past its history: the writes that come by the
+        thousand (over v2, the result keys a read found missing) go from now on
+        (see ShimService.caught_up).
         """
         if self._watch is not watch or not self.ready or self._live_watch is watch:
             return
         self._live_watch = watch
         self._cancel_live_wait()
-        self.sink.watching()
-        self._start_beside()
+        self.sink.caught_up()
 
     def _still_behind(self, watch):
         self._live_wait = None
         if self._watch is watch and self._live_watch is not watch:
             self.log.warn(
                 "the watch is still catching up with etcd's history after {wait:.0f}s"
-                " (at revision {revision}); the shim's writes wait no longer",
+                " (at revision {revision}); the missing result keys wait no longer",
                 wait=LIVE_WAIT, revision=watch.last_revision,
             )
             self._live(watch)
@@ -362,12 +369,13 @@ class Follower:
             self._live_wait.cancel()
         self._live_wait = None
 
-    def _watch_live(self):
+    @property
+    def caught_up(self):
         """
-        Whether the watch is live at etcd (past its history), so that a resync
-        beside it, and the writes it calls for, may go.
+        Whether etcd holds the watch past its history (L{Watch.live}, or
+        L{LIVE_WAIT} seconds after it opened).
         """
-        return (self.synchronised and self.ready and self._watch is not None
+        return (self.ready and self._watch is not None
                 and self._live_watch is self._watch)
 
     def _watch_ended(self, ended, watch):
@@ -384,7 +392,7 @@ class Follower:
             self.client.skip_endpoint(watch.endpoint)
         if self._watch is watch:
             self._watch = None
-            self._cancel_live_wait()
+        self._cancel_live_wait()
         self._set_not_ready("watch ended: %s" % (ended.reason,))
         self.metrics.child(self.metrics.reconnects, ended.reason).inc()
         return ended
@@ -596,7 +604,7 @@ class Follower:
         """
         cause = cause or self._beside_wanted
         if (cause is None or self._background is not None or not self.running
-                or not self._watch_live()):
+                or not (self.synchronised and self.ready)):
             return
         # This read takes every restore asked for so far: what was wanted is done.
         self._beside_wanted = None

@@ -176,26 +176,36 @@ class ShimService(Service):
             gc.freeze()
             # The snapshot's pages are freed: give the heap they took back.
             release_free_memory()
+        if not full and self.follower.caught_up:
+            self.caught_up()
         if not self._until_watching:
             self._resume_work()
 
     def watching(self):
         """
-        etcd holds a watch past its history (after a full read, or resumed).
-        After a full read, the writes it calls for (the sweep's, and over v2 the
-        result keys created as C{{}}) go from now on.  Over v2 etcd keeps the
-        last 1000 events of its whole store, and a watch from the read's index
-        (catching up one long-poll per event, if proton wrote during the read)
-        is answered "event index cleared" after more writes than that: written
-        sooner, the shim's own writes would have it read everything again, and
-        again for as long as they last.
+        A watch is open at etcd (after a full read, or resumed).  After a full
+        read, the writes it calls for (the sweep's) go from now on.  Over v2 etcd
+        keeps the last 1000 events of its whole store, and a watch from the
+        read's index opened after more writes than that is answered "event index
+        cleared": written sooner, the shim's own writes would have it read
+        everything again, and again for as long as they last.
         """
         if self._until_watching:
             self._until_watching = False
-            self.controller.watching().addErrback(
-                lambda failure: self.log.failure(
-                    "creating the missing result keys failed", failure))
             self._resume_work()
+
+    def caught_up(self):
+        """
+        etcd holds the watch past its history (or the follower's LIVE_WAIT
+        passed): over v2 the result keys the last read found missing, by the
+        thousand at a large site, are created from now on.  A watch that opened
+        behind (proton wrote during the read) catches up one long-poll per event,
+        and so many writes sooner would push it out of etcd's 1000 events; the
+        binds themselves do not wait for this.
+        """
+        self.controller.caught_up().addErrback(
+            lambda failure: self.log.failure(
+                "creating the missing result keys failed", failure))
 
     def _resume_work(self):
         if self.acting() and self.running and not self._restore_pending:
