@@ -1113,6 +1113,21 @@ class TakeoverDuringResyncTests(ReconcileCase):
             client, backend, election_client=EtcdClient([self.etcd.client_url]))
 
     @inlineCallbacks
+    def take_over(self, old, new, gate):
+        """
+        C{old} steps down while C{new}'s read is held at C{gate}; then the read
+        goes on.  Wait until C{new} leads, its takeover's resync is done and it is
+        idle; port p1, bound by C{old}, is restored in C{new}.
+        """
+        yield old.step_down()
+        yield wait_for(lambda: new.role == LEADER, what="the new shim to take over")
+        gate.callback(None)
+        yield wait_for(lambda: new.last_resync and new.last_resync[1] == "takeover",
+                       what="the takeover's resync")
+        yield self.settled(new)
+        self.assertIn("p1", new.controller.told)
+
+    @inlineCallbacks
     def test_takeover_waits_for_its_restore(self):
         """
         The standby's periodic resync took no restore: when it ends, the new
@@ -1138,13 +1153,7 @@ class TakeoverDuringResyncTests(ReconcileCase):
         new.request_resync("periodic")
         yield wait_for(lambda: client.held, what="the standby's periodic resync")
         client.gate = None
-        yield old.step_down()
-        yield wait_for(lambda: new.role == LEADER, what="the standby to take over")
-        gate.callback(None)
-        yield wait_for(lambda: new.last_resync and new.last_resync[1] == "takeover",
-                       what="the takeover's resync")
-        yield self.settled(new)
-        self.assertIn("p1", new.controller.told)
+        yield self.take_over(old, new, gate)
         self.assertEqual(backend.calls, [])
         yield self.make_port("p2")
         outcome = yield self.proton.bind("p2", "compute1", "vm2")
@@ -1171,11 +1180,5 @@ class TakeoverDuringResyncTests(ReconcileCase):
         client.gate = None
         outcome = yield self.proton.bind("p1", "compute1", "vm1")
         self.assertEqual(outcome.result["controller"], "SimServer")
-        yield old.step_down()
-        yield wait_for(lambda: new.role == LEADER, what="the new shim to take over")
-        gate.callback(None)
-        yield wait_for(lambda: new.last_resync and new.last_resync[1] == "takeover",
-                       what="the takeover's resync")
-        yield self.settled(new)
-        self.assertIn("p1", new.controller.told)
+        yield self.take_over(old, new, gate)
         self.assertEqual(backend.calls, [])
