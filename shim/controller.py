@@ -174,7 +174,7 @@ class Controller:
         self.queue = queue_factory(self._reconcile)
         #: True while a full snapshot is being applied.
         self.snapshotting = False
-        # The result keys a full read found (over v2), until its watch opens.
+        # The result keys the last read found (over v2), until the watch catches up.
         self._precreate_after = None
         self._results_seen = NameSet()
         #: Whether result keys are created as {} when ports appear: a work-around

@@ -118,7 +118,7 @@ class Follower:
         self._tombstones = None
         # Set when a full read needs the resync beside the watch to end.
         self._give_way = False
-        # The cause of a resync asked for while the watch was not live or
+        # The cause of a resync asked for while the watch was not open or
         # another resync ran, and the next try of a failed restore.
         self._beside_wanted = None
         self._retry = None
@@ -194,7 +194,7 @@ class Follower:
             if self._background is None and self.synchronised and self.ready:
                 self._start_beside(cause)
             elif restore or cause != "periodic":
-                # Once the watch is live and the read under way has ended, unless
+                # Once the watch is open and the read under way has ended, unless
                 # a full read starting meanwhile does what it would.  A periodic
                 # resync is not kept: the read under way, or the watch resumed
                 # from its revision, misses nothing, and the next one comes.
@@ -599,7 +599,7 @@ class Follower:
     def _start_beside(self, cause=None):
         """
         Start a resync beside the watch, for C{cause} or the one asked for while
-        the watch was not live or another read ran, if the watch is live and no
+        the watch was not open or another read ran, if the watch is open and no
         other runs.
         """
         cause = cause or self._beside_wanted

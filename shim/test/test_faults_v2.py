@@ -253,10 +253,10 @@ class StartTests(V2FaultTestCase):
         """
         Proton wrote while the shim read: its watch opens behind, and catches up
         one long-poll per event (each held 0.2 s on its way to etcd here).  The
-        1200 result keys, and an operator's resync asked for meanwhile, wait until
-        etcd holds the watch past its history, not only until the watch is open:
-        written sooner, the keys would push the next long-poll's index out of
-        etcd's 1000 events.
+        1200 result keys, and those of an operator's resync asked for meanwhile
+        (which itself starts when the watch opens), wait until etcd holds the
+        watch past its history, not only until the watch is open: written sooner,
+        the keys would push the next long-poll's index out of etcd's 1000 events.
         """
         self.patch(V2Watch, "live_after", 1.0)
         self.patch(follower, "LIVE_WAIT", 60.0)
@@ -268,7 +268,7 @@ class StartTests(V2FaultTestCase):
             yield self.proton.put_object(self.schema.port, uuid,
                                          port_row(self.schema, uuid, name="renamed"))
         yield shim.when_ready()
-        # A resync asked for meanwhile (its sweep writes) waits for it too.
+        # A resync asked for meanwhile starts now; its missing keys wait too.
         shim.request_resync("admin")
         yield self.all_created(ports)
         proxy.hold_requests(None, 0)
