@@ -176,6 +176,8 @@ class Controller:
         self.snapshotting = False
         # The result keys the last read found (over v2), until the watch catches up.
         self._precreate_after = None
+        # The walk creating the missing result keys; a full read begun ends it.
+        self._precreating = None
         self._results_seen = NameSet()
         #: Whether result keys are created as {} when ports appear: a work-around
         #: for the wait-index bug of proton's v2 client (docs/real-proton.md).  Over
@@ -273,6 +275,8 @@ class Controller:
         """
         if full:
             self.snapshotting = True
+            # The read finds again every key a walk still creating them would.
+            self._precreating = None
         self._results_seen = NameSet()
 
     def snapshot_results(self, kvs, restore):
@@ -358,7 +362,7 @@ class Controller:
         if self.precreate_results:
             # The result keys found missing are created once the watch has
             # caught up (at once when it had).
-            self._precreate_after = seen
+            self._precreate_after = (seen, revision)
         else:
             seen.clear()
         self.queue.sweep_all(self._sweep(self.model.names(self.schema.port),
@@ -370,22 +374,32 @@ class Controller:
         C{{}}) of each port the last read found without one.  Not sooner: etcd's
         v2 history holds 1000 events of its whole store, and these writes would
         push a watch that starts from the read's index, or catches up, out of it
-        (see L{shim.service.ShimService.caught_up}).  A port is skipped while a
-        full read runs (the read finds it again).
+        (see L{shim.service.ShimService.caught_up}).  The walk ends
+        when a full read begins: that read finds the keys again, and its own
+        catch-up creates those still missing.
 
-        @return: a Deferred firing when every key missing was asked for.
+        @return: a Deferred firing when every key missing was asked for (or the
+            walk ended).
         """
-        seen, self._precreate_after = self._precreate_after, None
-        if seen is None:
+        after, self._precreate_after = self._precreate_after, None
+        if after is None:
             return succeed(None)
+        seen, revision = after
         writer = self.writer
         ports = self.model.ports
+        self._precreating = this = object()
+
+        def names():
+            for uuid in self.model.names(self.schema.port):
+                if self._precreating is not this:
+                    return
+                yield uuid
 
         def precreate(uuid):
             if uuid not in seen and uuid in ports and not self.snapshotting:
-                writer.precreate(uuid)
+                writer.precreate_missing(uuid, revision)
 
-        done = walk(self.clock, self.model.names(self.schema.port), precreate)
+        done = walk(self.clock, names(), precreate)
         done.addBoth(lambda outcome: (seen.clear(), outcome)[1])
         return done
 

@@ -201,6 +201,8 @@ class Follower:
                 self._beside_wanted = cause
             return
         self._resync_cause = cause
+        # The work that waits for the watch to catch up waits for the next one.
+        self._cancel_live_wait()
         if self._watch is not None:
             self._watch.stop()
 
@@ -348,7 +350,9 @@ class Follower:
         thousand (over v2, the result keys a read found missing) go from now on
         (see ShimService.caught_up).
         """
-        if self._watch is not watch or not self.ready or self._live_watch is watch:
+        if (self._watch is not watch or not self.ready or self._live_watch is watch
+                or self._resync_cause is not None):
+            # Not this watch's turn, or a full read is asked for (which stops it).
             return
         self._live_watch = watch
         self._cancel_live_wait()
@@ -359,7 +363,7 @@ class Follower:
         if self._watch is watch and self._live_watch is not watch:
             self.log.warn(
                 "the watch is still catching up with etcd's history after {wait:.0f}s"
-                " (at revision {revision}); the missing result keys wait no longer",
+                " (at revision {revision}); what waits for it goes now",
                 wait=LIVE_WAIT, revision=watch.last_revision,
             )
             self._live(watch)

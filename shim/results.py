@@ -201,6 +201,19 @@ class ResultWriter:
 
         d.addCallbacks(created, failed)
 
+    def precreate_missing(self, uuid, revision):
+        """
+        A read at C{revision} found no result key for port C{uuid}: L{precreate}
+        it, again if the C{{}} this writer knew from before the read is gone
+        (deleted behind its back).  A key written since the read is left alone.
+        """
+        packed = self.known.get(uuid)
+        if packed is not None and revision is not None:
+            mod_revision, current, _ = unpack(packed)
+            if current == _EMPTY and 0 < mod_revision <= revision:
+                del self.known[uuid]
+        self.precreate(uuid)
+
     def remove_empty(self, uuid):
         """
         Delete port C{uuid}'s result key if it still holds C{{}} as last seen (a

@@ -220,12 +220,12 @@ class StartTests(V2FaultTestCase):
         return ports, proxy
 
     @inlineCallbacks
-    def all_created(self, ports):
+    def all_created(self, ports, timeout=60):
         @inlineCallbacks
         def created():
             found = yield self.client.get_all(self.schema.result_prefix)
             return len(found.kvs) == len(ports)
-        yield wait_for(created, timeout=60, what="every port's result key")
+        yield wait_for(created, timeout=timeout, what="every port's result key")
 
     @inlineCallbacks
     def test_own_writes_wait_for_the_watch(self):
@@ -276,6 +276,32 @@ class StartTests(V2FaultTestCase):
         self.assertEqual(self.resyncs(shim, "compacted"), 0)
         self.assertEqual(self.resyncs(shim, "start"), 1)
         self.assertEqual(shim.model.ports["p0000"].get("name"), "renamed")
+
+    @inlineCallbacks
+    def test_read_beside_a_caught_up_watch_creates_keys_at_once(self):
+        """
+        A resync beside a watch that has caught up (etcd holds it past its
+        history) finds result keys missing (deleted behind the shim's back): it
+        creates them at once, as no watch is left to catch up, not after
+        LIVE_WAIT (a minute here) nor never.
+        """
+        self.patch(follower, "LIVE_WAIT", 60.0)
+        etcd = start_etcd(self, extra_args=V2_ARGS)
+        self.connect([etcd.client_url])
+        ports = ["p%04d" % (i,) for i in range(40)]
+        yield gatherResults([
+            self.proton.put_object(self.schema.port, uuid, port_row(self.schema, uuid))
+            for uuid in ports])
+        shim = yield self.start_shim([etcd.client_url], RecordingBackend())
+        yield self.all_created(ports)
+        yield wait_for(lambda: shim.follower.caught_up, what="the watch to catch up")
+        for uuid in ports[:10]:
+            yield self.client.delete(self.result_key(uuid))
+        shim.request_resync("admin")
+        yield self.all_created(ports, timeout=20)
+        yield self.settled(shim)
+        self.assertEqual(self.resyncs(shim, "admin"), 1)
+        self.assertEqual(self.resyncs(shim, "start"), 1)
 
 
 class StartGluon1Tests(StartTests):

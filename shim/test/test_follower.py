@@ -1,7 +1,8 @@
 """
 The follower's pacing on a fake clock: a takeover's restore that fails is tried
 again after RESTORE_RETRY seconds, not at once; the sink hears that the watch
-caught up at most LIVE_WAIT seconds after it opened.  A fake client stands for etcd
+caught up at most LIVE_WAIT seconds after it opened, and not once a full read is
+asked for.  A fake client stands for etcd
 (pure scheduling logic; the same paths against a real etcd are in test_reconcile
 and test_faults_v2).
 """
@@ -54,6 +55,11 @@ class Watch:
     def __init__(self):
         self.live = Deferred()
         self.last_revision = 7
+        self.stopped = False
+
+    def stop(self):
+        """Asked to end (the real one ends once etcd has closed it)."""
+        self.stopped = True
 
 
 class PacingTests(SynchronousTestCase):
@@ -106,3 +112,20 @@ class PacingTests(SynchronousTestCase):
         self.assertTrue(follower.caught_up)
         watch.live.callback(watch)
         self.assertEqual(self.sink.heard, {"watching": 1, "caught_up": 1})
+
+    def test_full_resync_asked_while_catching_up(self):
+        """
+        A full resync asked for while the watch catches up: the watch is asked to
+        end, and until it has, neither LIVE_WAIT passing nor the watch's own live
+        tells the sink C{caught_up()} (the missing result keys wait for the read
+        and the next watch, not go just before the read).
+        """
+        follower = self.follower()
+        follower._watch = watch = Watch()
+        follower._watching(None, watch)
+        follower.request_resync("operator", full=True)
+        self.assertTrue(watch.stopped)
+        self.clock.advance(LIVE_WAIT + 1)
+        watch.live.callback(watch)
+        self.assertFalse(follower.caught_up)
+        self.assertEqual(self.sink.heard, {"watching": 1, "caught_up": 0})

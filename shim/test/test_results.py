@@ -115,6 +115,51 @@ class KnownTests(WriterCase):
         self.assertIsNone(self.writer.known_of("nothing"))
 
 
+class PrecreateTests(WriterCase):
+    """
+    The C{{}} result keys created over v2 (proton's wait-index work-around), and
+    created again when a read finds them gone.
+    """
+
+    def test_precreate_once(self):
+        self.writer.precreate("p1")
+        self.clock.advance(0)
+        self.assertEqual(self.value(), EMPTY)
+        self.successResultOf(self.etcd.delete(KEY))
+        self.writer.precreate("p1")
+        self.clock.advance(0)
+        self.assertIsNone(self.kv())
+
+    def test_missing_after_read_created_again(self):
+        """
+        The {} the writer created is gone when a later read looks: created
+        again.  Written after the read, or holding more than {}, it is left.
+        """
+        self.writer.precreate("p1")
+        self.clock.advance(0)
+        created = self.kv().mod_revision
+        deleted = self.successResultOf(self.etcd.delete(KEY)).revision
+        self.writer.precreate_missing("p1", created - 1)
+        self.clock.advance(0)
+        self.assertIsNone(self.kv())
+        self.writer.precreate_missing("p1", None)
+        self.clock.advance(0)
+        self.assertIsNone(self.kv())
+        self.writer.precreate_missing("p1", deleted)
+        self.clock.advance(0)
+        self.assertEqual(self.value(), EMPTY)
+
+    def test_missing_result_left_to_its_reconcile(self):
+        """
+        A result (not {}) a read found missing is the reconcile's to write again
+        (the controller notes it absent): no {} goes first.
+        """
+        self.writer.note("p1", 0, None)
+        self.writer.precreate_missing("p1", 10)
+        self.clock.advance(0)
+        self.assertIsNone(self.kv())
+
+
 class PublishTests(WriterCase):
     def test_over_empty(self):
         """
