@@ -204,7 +204,7 @@ class Controller:
                 if prev is None and not self.snapshotting and self.precreate_results:
                     # A new port: its result key is created as {} now (proton's
                     # wait-index bug); a snapshot creates those it found missing.
-                    self.writer.precreate(name)
+                    self.writer.precreate(name, first=True)
             else:
                 self._bind_seen.pop(name, None)
             mark(name)

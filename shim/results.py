@@ -21,6 +21,8 @@ read and a write.
     fence in the same transaction.
 """
 
+from collections import deque
+
 from twisted.internet.defer import (
     CancelledError, Deferred, DeferredList, inlineCallbacks, maybeDeferred)
 from twisted.internet.task import deferLater
@@ -81,6 +83,9 @@ _EMPTY = fingerprint(EMPTY)
 #: Compare failures in a row before a write backs off like a failure.
 MAX_CONFLICTS = 5
 
+#: C{{}} result keys being created at a time (L{ResultWriter.precreate}).
+PRECREATES_IN_FLIGHT = 8
+
 
 class ResultWriter:
     """
@@ -115,6 +120,9 @@ class ResultWriter:
         self.known = {}
         self._running = set()
         self._pauses = {}
+        # Ports whose {} result key waits for a turn, and how many are out.
+        self._precreates = deque()
+        self._precreates_out = 0
         self._idle_waiters = []
         self._stopped = False
 
@@ -174,32 +182,63 @@ class ResultWriter:
         for pause in list(self._pauses.values()):
             pause.cancel()
 
-    def precreate(self, uuid):
+    def precreate(self, uuid, first=False):
         """
         Create port C{uuid}'s result key as C{{}} if it is absent, once, so that
         proton always takes its "key exists" path and waits from the key's own index
         (its process-wide wait index otherwise catches its own C{{}}: see
         docs/real-proton.md).  Best effort: a failure is only logged.
+
+        At most L{PRECREATES_IN_FLIGHT} go at a time, the rest wait their turn: over
+        v2 each is a request of its own, thousands come after a read, and a bind's
+        result must not wait behind them for the client's calls.
+
+        @param first: ahead of those waiting (a new port, which proton binds next).
         """
         if (uuid in self.known or uuid in self.pending or uuid in self._running
                 or self._stopped or not self._acting()):
             return
         self.known[uuid] = EXISTS
-        d = self._cas.put_if(self._schema.result_key(uuid), EMPTY, 0)
+        if first:
+            self._precreates.appendleft(uuid)
+        else:
+            self._precreates.append(uuid)
+        self._next_precreates()
 
-        def created(outcome):
-            if outcome.succeeded and self.known.get(uuid) == EXISTS:
-                self._remember(uuid, outcome.revision, EMPTY)
-            self._count(PRECREATE, "ok" if outcome.succeeded else "skipped")
-
-        def failed(failure):
-            if self.known.get(uuid) == EXISTS:
+    def _next_precreates(self):
+        waiting = self._precreates
+        while waiting and self._precreates_out < PRECREATES_IN_FLIGHT:
+            uuid = waiting.popleft()
+            if self.known.get(uuid) != EXISTS:
+                # Read, written or forgotten while it waited: not ours to create.
+                continue
+            if (uuid in self.pending or uuid in self._running or self._stopped
+                    or not self._acting()):
+                # A result wish has the key now (it reads it first), or this shim
+                # no longer writes: as if never asked.
                 del self.known[uuid]
-            self._count(PRECREATE, "error")
-            self.log.debug("creating the result key of port {uuid} failed: {error}",
-                           uuid=uuid, error=failure.getErrorMessage())
+                continue
+            self._precreates_out += 1
+            d = self._cas.put_if(self._schema.result_key(uuid), EMPTY, 0)
+            d.addCallbacks(self._precreated, self._precreate_failed,
+                           callbackArgs=(uuid,), errbackArgs=(uuid,))
+            d.addBoth(self._precreate_done)
 
-        d.addCallbacks(created, failed)
+    def _precreated(self, outcome, uuid):
+        if outcome.succeeded and self.known.get(uuid) == EXISTS:
+            self._remember(uuid, outcome.revision, EMPTY)
+        self._count(PRECREATE, "ok" if outcome.succeeded else "skipped")
+
+    def _precreate_failed(self, failure, uuid):
+        if self.known.get(uuid) == EXISTS:
+            del self.known[uuid]
+        self._count(PRECREATE, "error")
+        self.log.debug("creating the result key of port {uuid} failed: {error}",
+                       uuid=uuid, error=failure.getErrorMessage())
+
+    def _precreate_done(self, _):
+        self._precreates_out -= 1
+        self._next_precreates()
 
     def precreate_missing(self, uuid, revision):
         """
@@ -324,6 +363,10 @@ class ResultWriter:
         """
         self._stopped = True
         self.cancel_all()
+        for uuid in self._precreates:
+            if self.known.get(uuid) == EXISTS:
+                del self.known[uuid]
+        self._precreates.clear()
 
     # -- writing
 

@@ -15,7 +15,7 @@ from shim.bindresult import EMPTY, BindResult
 from shim.etcd import Compare, ConnectionFailed, Op
 from shim.metrics import Metrics
 from shim.results import (
-    EXISTS, MAX_CONFLICTS, ResultWriter, fingerprint, pack, unpack)
+    EXISTS, MAX_CONFLICTS, PRECREATES_IN_FLIGHT, ResultWriter, fingerprint, pack, unpack)
 from shim.schema import model_named
 from shim.test.fakeetcd import FakeEtcd
 
@@ -158,6 +158,59 @@ class PrecreateTests(WriterCase):
         self.writer.precreate_missing("p1", 10)
         self.clock.advance(0)
         self.assertIsNone(self.kv())
+
+
+class V2Etcd(FakeEtcd):
+    """The fake etcd without transactions, as the v2 client: one request a write."""
+
+    txn = None
+
+
+class PrecreateLaneTests(WriterCase):
+    """
+    Over v2 the {} keys a read found missing go PRECREATES_IN_FLIGHT at a time: a
+    result asked for meanwhile is sent at once, not behind them.
+    """
+
+    def setUp(self):
+        WriterCase.setUp(self)
+        self.etcd = V2Etcd(hold=True)
+        self.writer = ResultWriter(
+            self.etcd, SCHEMA, "SimServer", self.clock, self.metrics,
+            backoff=no_jitter, acting=lambda: self.is_acting)
+
+    def sent(self):
+        return [key for (_, key), _, _ in self.etcd.held]
+
+    def test_few_at_a_time_and_results_first(self):
+        ports = ["q%03d" % (i,) for i in range(200)]
+        for uuid in ports:
+            self.writer.precreate(uuid)
+        self.assertEqual(self.sent(), [SCHEMA.result_key(u)
+                                       for u in ports[:PRECREATES_IN_FLIGHT]])
+        self.publish()
+        self.assertEqual(self.sent()[-1], KEY)
+        self.writer.precreate("new", first=True)
+        self.etcd.release(0)
+        self.assertEqual(self.sent()[-1], SCHEMA.result_key("new"))
+        while self.etcd.held:
+            self.etcd.release(0)
+        self.clock.advance(0)
+        while self.etcd.held:
+            self.etcd.release(0)
+        self.assertEqual(self.value(), OURS.encode())
+        for uuid in ports + ["new"]:
+            self.assertEqual(self.etcd.value(SCHEMA.result_key(uuid)), EMPTY, uuid)
+        self.assertEqual(self.writes("precreate", "ok"), len(ports) + 1)
+
+    def test_stop_drops_those_waiting(self):
+        for i in range(20):
+            self.writer.precreate("q%d" % (i,))
+        self.writer.stop()
+        while self.etcd.held:
+            self.etcd.release(0)
+        self.assertEqual(len(self.etcd.data), PRECREATES_IN_FLIGHT)
+        self.assertIsNone(self.writer.known_of("q19"))
 
 
 class PublishTests(WriterCase):
