@@ -95,12 +95,13 @@ class ShimService(Service):
         self._frozen = False
         # After a full read the queue waits for the watch that follows it (watching).
         self._until_watching = False
-        # After a takeover the queue waits for a snapshot begun after it that
-        # restores the bind results as what the backend holds.
-        self._restore_pending = False
+        # Elections won so far, and how many the read under way began after.
         self._elections = 0
         self._read_after = 0
-        self._start_read_trusted = True
+        # After a takeover the queue waits for a snapshot that restores the bind
+        # results as what the backend holds, begun after this many elections
+        # (None: waits for none).
+        self._restore_after = None
         self.writer = self.results = ResultWriter(
             self.client, self.schema, config.controller_name, reactor, self.metrics,
             acting=self.acting, fence=self._fence,
@@ -160,13 +161,10 @@ class ShimService(Service):
             self._looked_elsewhere = True
             self._looking = self._look_at_other_api()
         yield self.controller.snapshot_applied(first, revision, full)
-        if first and (self._read_after == self._elections or self._start_read_trusted):
-            # Begun after the last election, it holds every result the last
-            # leader wrote.  So does the start-up read when no other shim led
-            # since start-up (read again, every start with a shim elected during
-            # its read would wait for a second read of everything).
-            self._restore_pending = False
-        self._start_read_trusted = False
+        if (first and self._restore_after is not None
+                and self._read_after >= self._restore_after):
+            # Begun late enough, it holds every result the last leader wrote.
+            self._restore_after = None
         if first and not self._frozen and sum(self.model.counts().values()) >= FREEZE_AT:
             # The model read at start-up lives as long as the process: moved out of
             # the collector's generations, a full collection no longer walks millions
@@ -208,7 +206,7 @@ class ShimService(Service):
                 "creating the missing result keys failed", failure))
 
     def _resume_work(self):
-        if self.acting() and self.running and not self._restore_pending:
+        if self.acting() and self.running and self._restore_after is None:
             self.queue.resume()
 
     def cluster_changed(self):
@@ -344,12 +342,15 @@ class ShimService(Service):
         # the backend holds: a read under way may have missed the last leader's
         # last results.
         self._elections += 1
-        self._restore_pending = True
         if self.follower.synchronised or self.election.stood_by:
             # Another shim led: the start-up read may have missed its last results.
-            self._start_read_trusted = False
+            self._restore_after = self._elections
             self.follower.request_resync("takeover", restore=True)
-        # Else the start-up read restores and resumes.
+        else:
+            # No other shim led since start-up: the start-up read, under way,
+            # restores and resumes (read again, every start with a shim elected
+            # during its read would wait for a second read of everything).
+            self._restore_after = self._read_after
 
     def _lost(self, reason):
         """
