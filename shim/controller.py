@@ -174,7 +174,8 @@ class Controller:
         self.queue = queue_factory(self._reconcile)
         #: True while a full snapshot is being applied.
         self.snapshotting = False
-        # The result keys the last read found (over v2), until the watch catches up.
+        # The result keys the last read found (over v2), and the revision it read
+        # at, until the watch catches up.
         self._precreate_after = None
         # The walk creating the missing result keys; a full read begun ends it.
         self._precreating = None
@@ -275,8 +276,10 @@ class Controller:
         """
         if full:
             self.snapshotting = True
-            # The read finds again every key a walk still creating them would.
+            # The read finds again every key a walk, or the writer, would still
+            # create: none is written before the watch after it has caught up.
             self._precreating = None
+            self.writer.drop_precreates()
         self._results_seen = NameSet()
 
     def snapshot_results(self, kvs, restore):
@@ -374,9 +377,10 @@ class Controller:
         C{{}}) of each port the last read found without one.  Not sooner: etcd's
         v2 history holds 1000 events of its whole store, and these writes would
         push a watch that starts from the read's index, or catches up, out of it
-        (see L{shim.service.ShimService.caught_up}).  The walk ends
-        when a full read begins: that read finds the keys again, and its own
-        catch-up creates those still missing.
+        (see L{shim.service.ShimService.caught_up}).  The walk ends,
+        and the keys it left with the writer are dropped, when a full read
+        begins: that read finds the keys again, and its own catch-up creates
+        those still missing.
 
         @return: a Deferred firing when every key missing was asked for (or the
             walk ended).

@@ -22,9 +22,11 @@ first hears C{sink.cluster_changed()} and drops its queued work.  A full
 resynchronisation begins with C{sink.snapshot_started()}: nothing is decided on a
 half-read model, and the writes it calls for wait for the watch that follows it: the
 sink hears C{sink.watching()} each time a watch is open, and C{sink.caught_up()} once
-etcd holds it past its history (C{watch.live}): over v2 etcd keeps 1000 events of
-its whole store, a watch from the read's index catches up one long-poll per event,
-and the thousands of result keys a read found missing wait for that.  A periodic
+etcd holds it past its history (C{watch.live}, or L{LIVE_WAIT} seconds after it
+opened; never for a watch a full read asked for is about to end): over v2 etcd keeps
+1000 events of its whole store, a watch from the read's index catches up one
+long-poll per event, and the thousands of result keys a read found missing wait for
+that.  A periodic
 resynchronisation runs beside the live watch: readiness does not change and changes
 keep flowing while it reads.  It gives way to a full one at its next page (the two
 never hand the sink their snapshots at once); one asked for while the watch is not
@@ -363,7 +365,8 @@ class Follower:
         if self._watch is watch and self._live_watch is not watch:
             self.log.warn(
                 "the watch is still catching up with etcd's history after {wait:.0f}s"
-                " (at revision {revision}); what waits for it goes now",
+                " (at revision {revision}); the work that waits for it (over v2, the missing"
+                " result keys) goes now",
                 wait=LIVE_WAIT, revision=watch.last_revision,
             )
             self._live(watch)

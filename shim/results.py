@@ -120,9 +120,14 @@ class ResultWriter:
         self.known = {}
         self._running = set()
         self._pauses = {}
-        # Ports whose {} result key waits for a turn, and how many are out.
+        # Ports whose {} result key waits for its turn (new ports' first), those
+        # being created, and those of the latter whose port went meanwhile.
+        self._precreates_first = deque()
         self._precreates = deque()
-        self._precreates_out = 0
+        self._precreates_waiting = set()
+        self._precreates_out = set()
+        self._precreates_orphaned = set()
+        self._precreates_draining = False
         self._idle_waiters = []
         self._stopped = False
 
@@ -193,65 +198,104 @@ class ResultWriter:
         v2 each is a request of its own, thousands come after a read, and a bind's
         result must not wait behind them for the client's calls.
 
-        @param first: ahead of those waiting (a new port, which proton binds next).
+        @param first: ahead of those a read found missing (a new port, which
+            proton binds next).
         """
+        # The port is back (the same uuid): the {} being created stays.
+        self._precreates_orphaned.discard(uuid)
         if (uuid in self.known or uuid in self.pending or uuid in self._running
                 or self._stopped or not self._acting()):
             return
         self.known[uuid] = EXISTS
-        if first:
-            self._precreates.appendleft(uuid)
-        else:
-            self._precreates.append(uuid)
+        self._precreates_waiting.add(uuid)
+        (self._precreates_first if first else self._precreates).append(uuid)
         self._next_precreates()
 
-    def _next_precreates(self):
-        waiting = self._precreates
-        while waiting and self._precreates_out < PRECREATES_IN_FLIGHT:
-            uuid = waiting.popleft()
-            if self.known.get(uuid) != EXISTS:
-                # Read, written or forgotten while it waited: not ours to create.
-                continue
-            if (uuid in self.pending or uuid in self._running or self._stopped
-                    or not self._acting()):
-                # A result wish has the key now (it reads it first), or this shim
-                # no longer writes: as if never asked.
+    def precreate_missing(self, uuid, revision):
+        """
+        A read at C{revision} found no result key for port C{uuid}: L{precreate}
+        it, again if it was there before the read and is gone (deleted behind the
+        shim's back): the C{{}} this writer created, or a key it found there
+        already.  A key written since the read is left alone; a create only
+        writes where the key is absent.
+        """
+        if (uuid in self.pending or uuid in self._running or self._stopped
+                or uuid in self._precreates_waiting or uuid in self._precreates_out
+                or not self._acting()):
+            return
+        packed = self.known.get(uuid)
+        if packed is not None:
+            mod_revision, current, _ = unpack(packed)
+            if packed == EXISTS or (current == _EMPTY and revision is not None
+                                    and 0 < mod_revision <= revision):
                 del self.known[uuid]
-                continue
-            self._precreates_out += 1
-            d = self._cas.put_if(self._schema.result_key(uuid), EMPTY, 0)
-            d.addCallbacks(self._precreated, self._precreate_failed,
-                           callbackArgs=(uuid,), errbackArgs=(uuid,))
-            d.addBoth(self._precreate_done)
+        self.precreate(uuid)
+
+    def drop_precreates(self):
+        """
+        Forget the C{{}} keys waiting to be created (a full read begins, and finds
+        again those still missing; or the writer stops).  Those being created
+        finish.
+        """
+        for uuid in self._precreates_waiting:
+            if self.known.get(uuid) == EXISTS:
+                del self.known[uuid]
+        self._precreates_waiting.clear()
+        self._precreates_first.clear()
+        self._precreates.clear()
+
+    def _next_precreates(self):
+        if self._precreates_draining:
+            # Called back from within the loop below (an answer that came at once).
+            return
+        self._precreates_draining = True
+        try:
+            while len(self._precreates_out) < PRECREATES_IN_FLIGHT:
+                queue = self._precreates_first or self._precreates
+                if not queue:
+                    break
+                uuid = queue.popleft()
+                self._precreates_waiting.discard(uuid)
+                if self.known.get(uuid) != EXISTS:
+                    # Read, written or forgotten while it waited: not ours to create.
+                    continue
+                if (uuid in self.pending or uuid in self._running or self._stopped
+                        or not self._acting()):
+                    # A result wish has the key now (it reads it first), or this
+                    # shim no longer writes: as if never asked.
+                    del self.known[uuid]
+                    continue
+                self._precreates_out.add(uuid)
+                d = self._cas.put_if(self._schema.result_key(uuid), EMPTY, 0)
+                d.addCallbacks(self._precreated, self._precreate_failed,
+                               callbackArgs=(uuid,), errbackArgs=(uuid,))
+                d.addBoth(self._precreate_done, uuid)
+        finally:
+            self._precreates_draining = False
 
     def _precreated(self, outcome, uuid):
-        if outcome.succeeded and self.known.get(uuid) == EXISTS:
-            self._remember(uuid, outcome.revision, EMPTY)
         self._count(PRECREATE, "ok" if outcome.succeeded else "skipped")
+        if uuid in self._precreates_orphaned:
+            # The port went while its key was being created (remove_empty found
+            # nothing to delete yet): the {} goes too.
+            self._precreates_orphaned.discard(uuid)
+            if outcome.succeeded:
+                self._remember(uuid, outcome.revision, EMPTY)
+                self.remove_empty(uuid)
+        elif outcome.succeeded and self.known.get(uuid) == EXISTS:
+            self._remember(uuid, outcome.revision, EMPTY)
 
     def _precreate_failed(self, failure, uuid):
+        self._precreates_orphaned.discard(uuid)
         if self.known.get(uuid) == EXISTS:
             del self.known[uuid]
         self._count(PRECREATE, "error")
         self.log.debug("creating the result key of port {uuid} failed: {error}",
                        uuid=uuid, error=failure.getErrorMessage())
 
-    def _precreate_done(self, _):
-        self._precreates_out -= 1
+    def _precreate_done(self, _, uuid):
+        self._precreates_out.discard(uuid)
         self._next_precreates()
-
-    def precreate_missing(self, uuid, revision):
-        """
-        A read at C{revision} found no result key for port C{uuid}: L{precreate}
-        it, again if the C{{}} this writer knew from before the read is gone
-        (deleted behind its back).  A key written since the read is left alone.
-        """
-        packed = self.known.get(uuid)
-        if packed is not None and revision is not None:
-            mod_revision, current, _ = unpack(packed)
-            if current == _EMPTY and 0 < mod_revision <= revision:
-                del self.known[uuid]
-        self.precreate(uuid)
 
     def remove_empty(self, uuid):
         """
@@ -260,6 +304,10 @@ class ResultWriter:
         """
         packed = self.known.pop(uuid, None)
         if packed is None:
+            return
+        if packed == EXISTS and uuid in self._precreates_out:
+            # Its {} is being created: deleted once it is.
+            self._precreates_orphaned.add(uuid)
             return
         revision, current, _ = unpack(packed)
         if (current != _EMPTY or revision <= 0
@@ -294,6 +342,7 @@ class ResultWriter:
         etcd's cluster was replaced: the revisions known are another cluster's, and
         tell nothing of the new one's.
         """
+        self.drop_precreates()
         self.known.clear()
 
     def _remember(self, uuid, mod_revision, value, ours=None):
@@ -359,14 +408,12 @@ class ResultWriter:
     def stop(self):
         """
         Give up retrying: pending writes are abandoned after their current attempt,
-        waits before the next attempt and delayed clears are dropped.
+        waits before the next attempt, delayed clears and the C{{}} keys waiting to
+        be created are dropped.
         """
         self._stopped = True
         self.cancel_all()
-        for uuid in self._precreates:
-            if self.known.get(uuid) == EXISTS:
-                del self.known[uuid]
-        self._precreates.clear()
+        self.drop_precreates()
 
     # -- writing
 

@@ -338,9 +338,9 @@ class ShimService(Service):
             "acting for {controller} (epoch {epoch}): reconciling every port from the "
             "bind results in etcd", controller=self.config.controller_name, epoch=epoch,
         )
-        # Nothing is decided before a snapshot begun from now has restored what
-        # the backend holds: a read under way may have missed the last leader's
-        # last results.
+        # Nothing is decided before a snapshot has restored what the backend
+        # holds, one begun from now unless no other shim led: a read under way
+        # may have missed the last leader's last results.
         self._elections += 1
         if self.follower.synchronised or self.election.stood_by:
             # Another shim led: the start-up read may have missed its last results.

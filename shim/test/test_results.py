@@ -149,6 +149,20 @@ class PrecreateTests(WriterCase):
         self.clock.advance(0)
         self.assertEqual(self.value(), EMPTY)
 
+    def test_found_there_then_deleted_created_again(self):
+        """
+        A key that was there already when the writer would create it (proton's,
+        or another shim's), deleted later, is created when a read finds it gone.
+        """
+        self.put(EMPTY)
+        self.writer.precreate("p1")
+        self.clock.advance(0)
+        self.assertEqual(self.writes("precreate", "skipped"), 1)
+        deleted = self.successResultOf(self.etcd.delete(KEY)).revision
+        self.writer.precreate_missing("p1", deleted)
+        self.clock.advance(0)
+        self.assertEqual(self.value(), EMPTY)
+
     def test_missing_result_left_to_its_reconcile(self):
         """
         A result (not {}) a read found missing is the reconcile's to write again
@@ -202,6 +216,62 @@ class PrecreateLaneTests(WriterCase):
         for uuid in ports + ["new"]:
             self.assertEqual(self.etcd.value(SCHEMA.result_key(uuid)), EMPTY, uuid)
         self.assertEqual(self.writes("precreate", "ok"), len(ports) + 1)
+
+    def test_new_ports_first_in_order(self):
+        for i in range(20):
+            self.writer.precreate("q%d" % (i,))
+        self.writer.precreate("new1", first=True)
+        self.writer.precreate("new2", first=True)
+        self.etcd.release(0)
+        self.etcd.release(0)
+        self.assertEqual(self.sent()[-2:], [SCHEMA.result_key("new1"),
+                                            SCHEMA.result_key("new2")])
+
+    def test_answers_at_once(self):
+        """
+        A client that answers before the call returns (the fake without hold)
+        once thousands wait: all are created, without recursing once per key.
+        """
+        ports = ["q%04d" % (i,) for i in range(3000)]
+        for uuid in ports:
+            self.writer.precreate(uuid)
+        self.etcd.hold = False
+        while self.etcd.held:
+            self.etcd.release(0)
+        self.assertEqual(len(self.etcd.data), len(ports))
+        self.assertEqual(self.writes("precreate", "ok"), len(ports))
+
+    def test_full_read_drops_those_waiting(self):
+        """
+        drop_precreates (a full read begins): the keys waiting are not created,
+        and are forgotten, so that the read's own catch-up creates them.
+        """
+        for i in range(20):
+            self.writer.precreate("q%d" % (i,))
+        self.writer.drop_precreates()
+        while self.etcd.held:
+            self.etcd.release(0)
+        self.assertEqual(len(self.etcd.data), PRECREATES_IN_FLIGHT)
+        self.assertIsNone(self.writer.known_of("q19"))
+        self.writer.precreate_missing("q19", self.etcd.revision)
+        self.etcd.release(0)
+        self.assertEqual(self.etcd.value(SCHEMA.result_key("q19")), EMPTY)
+
+    def test_port_gone_while_its_key_is_created(self):
+        """
+        The port goes (remove_empty) while its {} is being created: the {} is
+        deleted once created.  One waiting is simply not created.
+        """
+        for i in range(10):
+            self.writer.precreate("q%d" % (i,))
+        self.writer.remove_empty("q0")
+        self.writer.remove_empty("q9")
+        while self.etcd.held:
+            self.etcd.release(0)
+        self.assertNotIn(SCHEMA.result_key("q0"), self.etcd.data)
+        self.assertNotIn(SCHEMA.result_key("q9"), self.etcd.data)
+        self.assertEqual(self.etcd.value(SCHEMA.result_key("q1")), EMPTY)
+        self.assertEqual(self.writes("remove", "ok"), 1)
 
     def test_stop_drops_those_waiting(self):
         for i in range(20):
