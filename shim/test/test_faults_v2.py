@@ -201,19 +201,28 @@ class V2FaultTestCase(TestCase):
 class StartTests(V2FaultTestCase):
 
     @inlineCallbacks
+    def etcd_with_ports(self, count):
+        """
+        A v2 etcd holding C{count} ports without a result key (none bound), the
+        test's client connected to it: C{(etcd, port uuids)}.
+        """
+        etcd = start_etcd(self, extra_args=V2_ARGS)
+        self.connect([etcd.client_url])
+        ports = ["p%04d" % (i,) for i in range(count)]
+        for first in range(0, len(ports), 200):
+            yield gatherResults([
+                self.proton.put_object(self.schema.port, uuid,
+                                       port_row(self.schema, uuid))
+                for uuid in ports[first:first + 200]])
+        return etcd, ports
+
+    @inlineCallbacks
     def ports_without_results(self):
         """
         A v2 etcd holding 1200 ports without a result key, and a proxy to it
         that holds each watch request 1.5 s: C{(ports, proxy)}.
         """
-        etcd = start_etcd(self, extra_args=V2_ARGS)
-        self.connect([etcd.client_url])
-        ports = ["p%04d" % (i,) for i in range(1200)]
-        for first in range(0, len(ports), 100):
-            yield gatherResults([
-                self.proton.put_object(self.schema.port, uuid,
-                                       port_row(self.schema, uuid))
-                for uuid in ports[first:first + 100]])
+        etcd, ports = yield self.etcd_with_ports(1200)
         proxy = FaultProxy(("127.0.0.1", etcd.client_port)).start()
         self.addCleanup(proxy.stop)
         proxy.hold_requests(b"wait=true", 1.5)
@@ -286,12 +295,7 @@ class StartTests(V2FaultTestCase):
         LIVE_WAIT (a minute here) nor never.
         """
         self.patch(follower, "LIVE_WAIT", 60.0)
-        etcd = start_etcd(self, extra_args=V2_ARGS)
-        self.connect([etcd.client_url])
-        ports = ["p%04d" % (i,) for i in range(40)]
-        yield gatherResults([
-            self.proton.put_object(self.schema.port, uuid, port_row(self.schema, uuid))
-            for uuid in ports])
+        etcd, ports = yield self.etcd_with_ports(40)
         shim = yield self.start_shim([etcd.client_url], RecordingBackend())
         yield self.all_created(ports)
         yield wait_for(lambda: shim.follower.caught_up, what="the watch to catch up")
@@ -311,14 +315,7 @@ class StartTests(V2FaultTestCase):
         so that a bind asked for meanwhile has its result written before them, not
         behind them in the client's 32 calls (proton waits 8 s).
         """
-        etcd = start_etcd(self, extra_args=V2_ARGS)
-        self.connect([etcd.client_url])
-        ports = ["p%05d" % (i,) for i in range(4000)]
-        for first in range(0, len(ports), 200):
-            yield gatherResults([
-                self.proton.put_object(self.schema.port, uuid,
-                                       port_row(self.schema, uuid))
-                for uuid in ports[first:first + 200]])
+        etcd, ports = yield self.etcd_with_ports(4000)
         shim = yield self.start_shim([etcd.client_url], RecordingBackend(), wait=False)
         yield wait_for(lambda: shim.follower.caught_up, interval=0.005,
                        what="the watch to catch up")

@@ -246,13 +246,7 @@ class PrecreateLaneTests(WriterCase):
         drop_precreates (a full read begins): the keys waiting are not created,
         and are forgotten, so that the read's own catch-up creates them.
         """
-        for i in range(20):
-            self.writer.precreate("q%d" % (i,))
-        self.writer.drop_precreates()
-        while self.etcd.held:
-            self.etcd.release(0)
-        self.assertEqual(len(self.etcd.data), PRECREATES_IN_FLIGHT)
-        self.assertIsNone(self.writer.known_of("q19"))
+        self.assert_waiting_dropped(self.writer.drop_precreates)
         self.writer.precreate_missing("q19", self.etcd.revision)
         self.etcd.release(0)
         self.assertEqual(self.etcd.value(SCHEMA.result_key("q19")), EMPTY)
@@ -274,9 +268,16 @@ class PrecreateLaneTests(WriterCase):
         self.assertEqual(self.writes("remove", "ok"), 1)
 
     def test_stop_drops_those_waiting(self):
+        self.assert_waiting_dropped(self.writer.stop)
+
+    def assert_waiting_dropped(self, drop):
+        """
+        Of 20 keys asked for, those sent before C{drop()} are created, and the
+        others neither created nor remembered.
+        """
         for i in range(20):
             self.writer.precreate("q%d" % (i,))
-        self.writer.stop()
+        drop()
         while self.etcd.held:
             self.etcd.release(0)
         self.assertEqual(len(self.etcd.data), PRECREATES_IN_FLIGHT)
