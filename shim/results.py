@@ -120,14 +120,10 @@ class ResultWriter:
         self.known = {}
         self._running = set()
         self._pauses = {}
-        # Ports whose {} result key waits for its turn (new ports' first), those
-        # being created, and those of the latter whose port went meanwhile.
-        self._precreates_first = deque()
-        self._precreates = deque()
-        self._precreates_waiting = set()
-        self._precreates_out = set()
+        # The ports whose {} result key is to be created, and those being created
+        # whose port went meanwhile.
+        self._precreates = Paced(self._send_precreate, PRECREATES_IN_FLIGHT)
         self._precreates_orphaned = set()
-        self._precreates_draining = False
         self._idle_waiters = []
         self._stopped = False
 
@@ -207,9 +203,7 @@ class ResultWriter:
                 or self._stopped or not self._acting()):
             return
         self.known[uuid] = EXISTS
-        self._precreates_waiting.add(uuid)
-        (self._precreates_first if first else self._precreates).append(uuid)
-        self._next_precreates()
+        self._precreates.add(uuid, first)
 
     def precreate_missing(self, uuid, revision):
         """
@@ -220,8 +214,7 @@ class ResultWriter:
         writes where the key is absent.
         """
         if (uuid in self.pending or uuid in self._running or self._stopped
-                or uuid in self._precreates_waiting or uuid in self._precreates_out
-                or not self._acting()):
+                or uuid in self._precreates or not self._acting()):
             return
         packed = self.known.get(uuid)
         if packed is not None:
@@ -237,41 +230,24 @@ class ResultWriter:
         again those still missing; or the writer stops).  Those being created
         finish.
         """
-        for uuid in self._precreates_waiting:
+        for uuid in self._precreates.drop():
             if self.known.get(uuid) == EXISTS:
                 del self.known[uuid]
-        self._precreates_waiting.clear()
-        self._precreates_first.clear()
-        self._precreates.clear()
 
-    def _next_precreates(self):
-        if self._precreates_draining:
-            # Called back from within the loop below (an answer that came at once).
-            return
-        self._precreates_draining = True
-        try:
-            while len(self._precreates_out) < PRECREATES_IN_FLIGHT:
-                queue = self._precreates_first or self._precreates
-                if not queue:
-                    break
-                uuid = queue.popleft()
-                self._precreates_waiting.discard(uuid)
-                if self.known.get(uuid) != EXISTS:
-                    # Read, written or forgotten while it waited: not ours to create.
-                    continue
-                if (uuid in self.pending or uuid in self._running or self._stopped
-                        or not self._acting()):
-                    # A result wish has the key now (it reads it first), or this
-                    # shim no longer writes: as if never asked.
-                    del self.known[uuid]
-                    continue
-                self._precreates_out.add(uuid)
-                d = self._cas.put_if(self._schema.result_key(uuid), EMPTY, 0)
-                d.addCallbacks(self._precreated, self._precreate_failed,
-                               callbackArgs=(uuid,), errbackArgs=(uuid,))
-                d.addBoth(self._precreate_done, uuid)
-        finally:
-            self._precreates_draining = False
+    def _send_precreate(self, uuid):
+        if self.known.get(uuid) != EXISTS:
+            # Read, written or forgotten while it waited: not ours to create.
+            return None
+        if (uuid in self.pending or uuid in self._running or self._stopped
+                or not self._acting()):
+            # A result wish has the key now (it reads it first), or this shim no
+            # longer writes: as if never asked.
+            del self.known[uuid]
+            return None
+        d = self._cas.put_if(self._schema.result_key(uuid), EMPTY, 0)
+        d.addCallbacks(self._precreated, self._precreate_failed,
+                       callbackArgs=(uuid,), errbackArgs=(uuid,))
+        return d
 
     def _precreated(self, outcome, uuid):
         self._count(PRECREATE, "ok" if outcome.succeeded else "skipped")
@@ -293,10 +269,6 @@ class ResultWriter:
         self.log.debug("creating the result key of port {uuid} failed: {error}",
                        uuid=uuid, error=failure.getErrorMessage())
 
-    def _precreate_done(self, _, uuid):
-        self._precreates_out.discard(uuid)
-        self._next_precreates()
-
     def remove_empty(self, uuid):
         """
         Delete port C{uuid}'s result key if it still holds C{{}} as last seen (a
@@ -305,7 +277,7 @@ class ResultWriter:
         packed = self.known.pop(uuid, None)
         if packed is None:
             return
-        if packed == EXISTS and uuid in self._precreates_out:
+        if packed == EXISTS and uuid in self._precreates.out:
             # Its {} is being created: deleted once it is.
             self._precreates_orphaned.add(uuid)
             return
@@ -550,6 +522,69 @@ class ResultWriter:
     def _count(self, kind, outcome):
         if self._metrics is not None:
             self._metrics.child(self._metrics.result_writes, kind, outcome).inc()
+
+
+class Paced:
+    """
+    Calls C{send(item)} for each item added, at most C{limit} at a time: those
+    added C{first} in the order added, then the others in the order added.
+    C{send} returns a Deferred that fires when the item is done, or C{None} when
+    it no longer needs sending.  An answer that comes before C{send} returns
+    starts the next item without recursing.
+
+    @ivar out: the items sent and not yet done.
+    """
+
+    def __init__(self, send, limit):
+        self._send = send
+        self._limit = limit
+        self._first = deque()
+        self._rest = deque()
+        self._waiting = set()
+        self.out = set()
+        self._sending = False
+
+    def __contains__(self, item):
+        """Whether C{item} waits or is out."""
+        return item in self._waiting or item in self.out
+
+    def add(self, item, first=False):
+        self._waiting.add(item)
+        (self._first if first else self._rest).append(item)
+        self._next()
+
+    def drop(self):
+        """
+        Forget the items waiting (those out finish): returns them.
+        """
+        dropped, self._waiting = self._waiting, set()
+        self._first.clear()
+        self._rest.clear()
+        return dropped
+
+    def _next(self):
+        if self._sending:
+            # Called back from within the loop below (an answer that came at once).
+            return
+        self._sending = True
+        try:
+            while len(self.out) < self._limit:
+                queue = self._first or self._rest
+                if not queue:
+                    break
+                item = queue.popleft()
+                self._waiting.discard(item)
+                d = self._send(item)
+                if d is not None:
+                    self.out.add(item)
+                    d.addBoth(self._done, item)
+        finally:
+            self._sending = False
+
+    def _done(self, result, item):
+        self.out.discard(item)
+        self._next()
+        return result
 
 
 #: Operations in one transaction, compares included: etcd's default

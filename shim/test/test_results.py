@@ -7,6 +7,7 @@ winning, delayed releases, conflicts, failures and backoff.
 import gc
 import json
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -15,7 +16,7 @@ from shim.bindresult import EMPTY, BindResult
 from shim.etcd import Compare, ConnectionFailed, Op
 from shim.metrics import Metrics
 from shim.results import (
-    EXISTS, MAX_CONFLICTS, PRECREATES_IN_FLIGHT, ResultWriter, fingerprint, pack, unpack)
+    EXISTS, MAX_CONFLICTS, PRECREATES_IN_FLIGHT, Paced, ResultWriter, fingerprint, pack, unpack)
 from shim.schema import model_named
 from shim.test.fakeetcd import FakeEtcd
 
@@ -172,6 +173,53 @@ class PrecreateTests(WriterCase):
         self.writer.precreate_missing("p1", 10)
         self.clock.advance(0)
         self.assertIsNone(self.kv())
+
+
+class PacedTests(SynchronousTestCase):
+    """L{Paced}: at most C{limit} out, those added first ahead, in order."""
+
+    def setUp(self):
+        self.sent = {}
+        self.paced = Paced(self.send, 2)
+
+    def send(self, item):
+        if item == "skip":
+            return None
+        d = self.sent[item] = Deferred()
+        return d
+
+    def test_order_and_limit(self):
+        for item in ["a", "b", "skip", "c"]:
+            self.paced.add(item)
+        self.paced.add("x", first=True)
+        self.paced.add("y", first=True)
+        self.assertEqual(list(self.sent), ["a", "b"])
+        self.assertIn("x", self.paced)
+        self.sent["a"].callback(None)
+        self.sent["b"].errback(ValueError("the call failed"))
+        self.assertEqual(list(self.sent), ["a", "b", "x", "y"])
+        self.failureResultOf(self.sent["b"], ValueError)
+        self.sent["x"].callback(None)
+        self.assertEqual(list(self.sent), ["a", "b", "x", "y", "c"])
+        self.assertEqual(self.paced.out, {"y", "c"})
+        self.assertEqual(self.paced.drop(), set())
+
+    def test_answers_at_once(self):
+        done = []
+        paced = Paced(lambda item: succeed(item).addCallback(done.append), 2)
+        paced.add("first")
+        for i in range(5000):
+            paced.add(i)
+        self.assertEqual(len(done), 5001)
+        self.assertEqual(paced.out, set())
+
+    def test_drop(self):
+        for item in ["a", "b", "c", "d"]:
+            self.paced.add(item)
+        self.assertEqual(self.paced.drop(), {"c", "d"})
+        self.sent["a"].callback(None)
+        self.assertEqual(list(self.sent), ["a", "b"])
+        self.assertNotIn("c", self.paced)
 
 
 class V2Etcd(FakeEtcd):
