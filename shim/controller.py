@@ -400,7 +400,7 @@ class Controller:
                 yield uuid
 
         def precreate(uuid):
-            if uuid not in seen and uuid in ports and not self.snapshotting:
+            if uuid not in seen and uuid in ports:
                 writer.precreate_missing(uuid, revision)
 
         done = walk(self.clock, names(), precreate)

@@ -193,7 +193,7 @@ class Follower:
         if restore:
             self._restore = True
         if not full:
-            if self._background is None and self.synchronised and self.ready:
+            if self._background is None and self._watch_open():
                 self._start_beside(cause)
             elif restore or cause != "periodic":
                 # Once the watch is open and the read under way has ended, unless
@@ -375,6 +375,13 @@ class Follower:
         if self._live_wait is not None and self._live_wait.active():
             self._live_wait.cancel()
         self._live_wait = None
+
+    def _watch_open(self):
+        """
+        Whether a watch is open after the first read, so that a resync may run
+        beside it.
+        """
+        return self.synchronised and self.ready
 
     @property
     def caught_up(self):
@@ -611,7 +618,7 @@ class Follower:
         """
         cause = cause or self._beside_wanted
         if (cause is None or self._background is not None or not self.running
-                or not (self.synchronised and self.ready)):
+                or not self._watch_open()):
             return
         # This read takes every restore asked for so far: what was wanted is done.
         self._beside_wanted = None
